@@ -1,0 +1,168 @@
+/**
+ * @module
+ * Turns the environment (Deno Deploy has no command line) into one frozen,
+ * typed {@link Config}. Nothing else reads `Deno.env`. Every error names the
+ * variable, the accepted range and the value it got. Imports: npm:zod only.
+ */
+import { parseArgs } from "node:util";
+import { z } from "zod";
+
+/** Validated server settings; see README "Configuration" for each one. */
+export interface Config {
+  /** TCP port for `deno task start` (ignored under `deno serve` and Deploy). */
+  readonly port: number;
+  /** Server key appended to the SipHash input (SPEC section 4); undefined = no key. */
+  readonly key: string | undefined;
+  /** Frames of history kept and replayed per channel. */
+  readonly historyLimit: number;
+  /** Deno KV location: file path, ":memory:", KV Connect URL, or undefined = Deno's default. */
+  readonly kvPath: string | undefined;
+  /** "kv" (default: frames cross isolates through Deno KV) or "memory" (one isolate, no KV). */
+  readonly bus: "kv" | "memory";
+  /** Largest frame accepted; bigger frames close the sender with 1009. */
+  readonly maxFrameBytes: number;
+  /** Largest header (first frame) accepted. */
+  readonly maxHeaderBytes: number;
+  /** A socket that sends no header within this many ms is closed. */
+  readonly headerTimeoutMs: number;
+  /** Server pings a silent client after this many seconds and drops it after twice that. */
+  readonly pingIntervalS: number;
+  /** A member with more than this many bytes waiting to be sent is dropped. */
+  readonly maxBufferedBytes: number;
+  /** Channels idle this many days expire from KV. */
+  readonly channelTtlDays: number;
+  /** Log level for the JSON log lines on stderr. */
+  readonly logLevel: "debug" | "info" | "warn" | "error" | "silent";
+}
+
+/** A configuration value that cannot be used; the message names the variable. */
+export class ConfigError extends Error {
+  override name = "ConfigError";
+}
+
+const MiB = 1024 * 1024;
+
+function int(name: string, min: number, max: number, fallback: number) {
+  return z.string().optional().transform((raw, ctx) => {
+    if (raw === undefined || raw.trim() === "") return fallback;
+    const n = z.coerce.number().int().min(min).max(max).safeParse(raw.trim());
+    if (!n.success || !/^[+]?\d+$/.test(raw.trim())) {
+      ctx.addIssue({
+        code: "custom",
+        message: `${name} must be an integer from ${min} to ${max}: current value is ${
+          JSON.stringify(raw)
+        }`,
+      });
+      return z.NEVER;
+    }
+    return n.data;
+  });
+}
+
+function oneOf<T extends string>(name: string, values: readonly T[], fallback: T) {
+  return z.string().optional().transform((raw, ctx): T => {
+    if (raw === undefined || raw.trim() === "") return fallback;
+    const v = raw.trim().toLowerCase() as T;
+    if (!values.includes(v)) {
+      ctx.addIssue({
+        code: "custom",
+        message: `${name} must be one of ${values.join(", ")}: current value is ${
+          JSON.stringify(raw)
+        }`,
+      });
+      return z.NEVER;
+    }
+    return v;
+  });
+}
+
+const optionalText = z.string().optional().transform((raw) =>
+  raw === undefined || raw === "" ? undefined : raw
+);
+
+const schema = z.object({
+  PORT: int("PORT", 0, 65535, 8000),
+  MLES_KEY: optionalText,
+  MLES_HISTORY_LIMIT: int("MLES_HISTORY_LIMIT", 1, 1_000_000, 200),
+  MLES_KV: optionalText,
+  MLES_BUS: oneOf("MLES_BUS", ["kv", "memory"] as const, "kv"),
+  MLES_MAX_FRAME_BYTES: int("MLES_MAX_FRAME_BYTES", 1, 64 * MiB, 4 * MiB),
+  MLES_MAX_HEADER_BYTES: int("MLES_MAX_HEADER_BYTES", 64, 65536, 4096),
+  MLES_HEADER_TIMEOUT_MS: int("MLES_HEADER_TIMEOUT_MS", 1, 3_600_000, 10_000),
+  MLES_PING_INTERVAL_S: int("MLES_PING_INTERVAL_S", 1, 3600, 24),
+  MLES_MAX_BUFFERED_BYTES: int("MLES_MAX_BUFFERED_BYTES", 1024, 1024 * MiB, 16 * MiB),
+  MLES_CHANNEL_TTL_DAYS: int("MLES_CHANNEL_TTL_DAYS", 1, 3650, 30),
+  MLES_LOG_LEVEL: oneOf(
+    "MLES_LOG_LEVEL",
+    ["debug", "info", "warn", "error", "silent"] as const,
+    "warn",
+  ),
+});
+
+/**
+ * Validates an environment (e.g. `Deno.env.toObject()`) into a frozen Config.
+ * Unknown variables are ignored. @throws {ConfigError} naming every bad
+ * variable with its accepted range and current value.
+ */
+export function loadConfig(env: Record<string, string | undefined>): Config {
+  const parsed = schema.safeParse(env);
+  if (!parsed.success) {
+    const lines = parsed.error.issues.map((i) => i.message);
+    throw new ConfigError(`Cannot start: ${lines.join("; ")}`);
+  }
+  const e = parsed.data;
+  if (e.MLES_MAX_BUFFERED_BYTES < e.MLES_MAX_FRAME_BYTES) {
+    throw new ConfigError(
+      `Cannot start: MLES_MAX_BUFFERED_BYTES must be at least MLES_MAX_FRAME_BYTES (${e.MLES_MAX_FRAME_BYTES}): current value is "${e.MLES_MAX_BUFFERED_BYTES}"`,
+    );
+  }
+  return Object.freeze({
+    port: e.PORT,
+    key: e.MLES_KEY,
+    historyLimit: e.MLES_HISTORY_LIMIT,
+    kvPath: e.MLES_KV,
+    bus: e.MLES_BUS,
+    maxFrameBytes: e.MLES_MAX_FRAME_BYTES,
+    maxHeaderBytes: e.MLES_MAX_HEADER_BYTES,
+    headerTimeoutMs: e.MLES_HEADER_TIMEOUT_MS,
+    pingIntervalS: e.MLES_PING_INTERVAL_S,
+    maxBufferedBytes: e.MLES_MAX_BUFFERED_BYTES,
+    channelTtlDays: e.MLES_CHANNEL_TTL_DAYS,
+    logLevel: e.MLES_LOG_LEVEL,
+  });
+}
+
+/**
+ * Maps mles-rs style command-line flags to their environment variables, for
+ * local runs: `--port N` -> PORT, `--limit N` -> MLES_HISTORY_LIMIT,
+ * `--key K` -> MLES_KEY, `--kv PATH` -> MLES_KV. Flags win over the
+ * environment. @throws {ConfigError} on an unknown flag, naming it.
+ */
+export function configFromArgs(args: string[]): Record<string, string> {
+  let values;
+  try {
+    ({ values } = parseArgs({
+      args,
+      options: {
+        port: { type: "string" },
+        limit: { type: "string" },
+        key: { type: "string" },
+        kv: { type: "string" },
+      },
+      strict: true,
+      allowPositionals: false,
+    }));
+  } catch (err) {
+    throw new ConfigError(
+      `Cannot start: ${
+        err instanceof Error ? err.message : err
+      } (known flags: --port, --limit, --key, --kv)`,
+    );
+  }
+  const env: Record<string, string> = {};
+  if (values.port !== undefined) env.PORT = values.port;
+  if (values.limit !== undefined) env.MLES_HISTORY_LIMIT = values.limit;
+  if (values.key !== undefined) env.MLES_KEY = values.key;
+  if (values.kv !== undefined) env.MLES_KV = values.kv;
+  return env;
+}

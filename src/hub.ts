@@ -1,0 +1,231 @@
+/**
+ * @module
+ * This isolate's channels: which local members sit in which channel, the
+ * join handoff (history, then live, no gap, no duplicate), fan-out to every
+ * member but the sender, and per-member isolation (one bad or slow socket
+ * never delays or breaks delivery to the others). Tells the bus when a
+ * channel gets its first local member and loses its last. Nothing here knows
+ * about WebSockets: members are anything with `send`/`close`.
+ * Imports: bus (type), frame, close.
+ */
+import type { Bus } from "./bus.ts";
+import { CLOSE, type Close } from "./close.ts";
+import type { Delivery, Frame } from "./frame.ts";
+
+/** One local connection as the hub sees it. */
+export interface Member {
+  /** Sends one frame; may throw if the connection is gone. */
+  send(frame: Frame): void;
+  /** Bytes accepted by `send` but not yet written to the network. */
+  readonly bufferedAmount: number;
+  /** Closes the connection with a code and reason; must not throw. */
+  close(close: Close): void;
+}
+
+/** Hub settings. */
+export interface HubOptions {
+  /** A member with more than this many bytes waiting to be sent is dropped (1013). */
+  readonly maxBufferedBytes: number;
+  /** Called when the hub drops a member, with the close it sent (for logs and metrics). */
+  readonly onDrop?: (close: Close) => void;
+  /** Called with the number of frames sent to members (for metrics). */
+  readonly onSent?: (frames: number) => void;
+}
+
+/** A member's place in a channel, returned by {@link Hub.join}. */
+export interface Membership {
+  /** Delivers `frame` to every other member of the channel (on every isolate) and to history. */
+  publish(frame: Frame): void;
+  /** Leaves the channel. Idempotent. */
+  leave(): void;
+}
+
+interface Slot {
+  readonly member: Member;
+  /** Live deliveries held back while this member's history is being read; null once live. */
+  buffer: Delivery[] | null;
+  left: boolean;
+  /** Join completed (counted in joinedCount). */
+  live: boolean;
+}
+
+interface Channel {
+  readonly name: string;
+  readonly slots: Map<Member, Slot>;
+  /** Settles when the bus follows this channel. */
+  readonly ready: Promise<void>;
+}
+
+/** Random id of this isolate, prefix of every frame id it creates. */
+function newOrigin(): string {
+  const b = crypto.getRandomValues(new Uint8Array(6));
+  return Array.from(b, (x) => x.toString(36).padStart(2, "0")).join("");
+}
+
+/** This isolate's channel membership and fan-out. */
+export class Hub {
+  readonly #bus: Bus;
+  readonly #opts: HubOptions;
+  readonly #channels = new Map<string, Channel>();
+  readonly #claims = new Set<string>();
+  readonly #origin = newOrigin();
+  #nextId = 0;
+  #members = 0;
+  #joined = 0;
+
+  constructor(bus: Bus, options: HubOptions) {
+    this.#bus = bus;
+    this.#opts = options;
+    bus.listen({
+      onFrames: (channel, deliveries) => this.#onBusFrames(channel, deliveries),
+      onPublishFailed: () => {},
+    });
+  }
+
+  /** Channels with at least one local member (joined or joining). */
+  get channelCount(): number {
+    return this.#channels.size;
+  }
+
+  /** Local members, joined or joining. */
+  get memberCount(): number {
+    return this.#members;
+  }
+
+  /** Local members whose join has completed (history sent, header stored or queued). */
+  get joinedCount(): number {
+    return this.#joined;
+  }
+
+  /**
+   * Reserves a session identity (uid + channel + auth) on this isolate.
+   * False if it is already held: SPEC section 5's duplicate-session rule.
+   */
+  claim(identity: string): boolean {
+    if (this.#claims.has(identity)) return false;
+    this.#claims.add(identity);
+    return true;
+  }
+
+  /** Releases an identity taken with {@link claim}, at once, so a reconnect can take it. */
+  release(identity: string): void {
+    this.#claims.delete(identity);
+  }
+
+  /**
+   * Joins `member` to `channel`: sends it the channel's history (oldest
+   * first), then every frame published after that point exactly once, then
+   * appends `header` to history without delivering it live (SPEC section 3).
+   * Resolves undefined if the member left meanwhile. Rejects, with the
+   * channel in the message, if history cannot be read; the member is then
+   * not in the channel.
+   */
+  async join(member: Member, channel: string, header: Frame): Promise<Membership | undefined> {
+    let ch = this.#channels.get(channel);
+    if (!ch) {
+      ch = { name: channel, slots: new Map(), ready: this.#bus.subscribe(channel) };
+      this.#channels.set(channel, ch);
+      ch.ready.catch(() => {}); // observed below by every joiner
+    }
+    const slot: Slot = { member, buffer: [], left: false, live: false };
+    ch.slots.set(member, slot);
+    this.#members++;
+    try {
+      await ch.ready;
+      if (slot.left) return undefined;
+      const history = await this.#bus.history(channel);
+      if (slot.left) return undefined;
+      for (const d of history.deliveries) {
+        if (!this.#deliver(ch, slot, d.frame)) return undefined;
+      }
+      const buffered = slot.buffer!;
+      slot.buffer = null;
+      if (buffered.length > 0) {
+        const seen = new Set(history.deliveries.map((d) => d.id));
+        for (const d of buffered) {
+          // Stored at or before the history point, or read as part of it: already sent.
+          if (d.seq !== undefined && d.seq <= history.lastSeq) continue;
+          if (seen.has(d.id)) continue;
+          if (!this.#deliver(ch, slot, d.frame)) return undefined;
+        }
+      }
+    } catch (err) {
+      this.#remove(ch, slot);
+      throw new Error(`Cannot join channel ${JSON.stringify(channel)}: ${errorText(err)}`, {
+        cause: err,
+      });
+    }
+    this.#bus.publish(channel, { id: this.#newId(), frame: header, historyOnly: true });
+    slot.live = true;
+    this.#joined++;
+    const joined = ch;
+    return {
+      publish: (frame) => {
+        if (slot.left) return;
+        const d: Delivery = { id: this.#newId(), frame };
+        this.#fanout(joined, d, member);
+        this.#bus.publish(channel, d);
+      },
+      leave: () => this.#remove(joined, slot),
+    };
+  }
+
+  #newId(): string {
+    return `${this.#origin}.${(this.#nextId++).toString(36)}`;
+  }
+
+  #onBusFrames(channel: string, deliveries: Delivery[]): void {
+    const ch = this.#channels.get(channel);
+    if (!ch) return;
+    for (const d of deliveries) this.#fanout(ch, d, undefined);
+  }
+
+  #fanout(ch: Channel, d: Delivery, sender: Member | undefined): void {
+    let sent = 0;
+    for (const slot of ch.slots.values()) {
+      if (slot.member === sender) continue;
+      if (slot.buffer) slot.buffer.push(d);
+      else if (this.#deliver(ch, slot, d.frame)) sent++;
+    }
+    if (sent > 0) this.#opts.onSent?.(sent);
+  }
+
+  /** Sends to one member; on failure or overflow drops that member only. False if dropped. */
+  #deliver(ch: Channel, slot: Slot, frame: Frame): boolean {
+    try {
+      slot.member.send(frame);
+    } catch {
+      this.#drop(ch, slot, CLOSE.sendFailed);
+      return false;
+    }
+    const waiting = slot.member.bufferedAmount;
+    if (waiting > this.#opts.maxBufferedBytes) {
+      this.#drop(ch, slot, CLOSE.slowConsumer(waiting));
+      return false;
+    }
+    return true;
+  }
+
+  #drop(ch: Channel, slot: Slot, close: Close): void {
+    this.#remove(ch, slot);
+    slot.member.close(close);
+    this.#opts.onDrop?.(close);
+  }
+
+  #remove(ch: Channel, slot: Slot): void {
+    if (slot.left) return;
+    slot.left = true;
+    slot.buffer = null;
+    ch.slots.delete(slot.member);
+    this.#members--;
+    if (slot.live) this.#joined--;
+    if (ch.slots.size === 0 && this.#channels.get(ch.name) === ch) {
+      this.#channels.delete(ch.name);
+      this.#bus.unsubscribe(ch.name);
+    }
+  }
+}
+
+function errorText(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}

@@ -1,0 +1,141 @@
+/**
+ * @module
+ * The composition root: builds one isolate's server from a {@link Config}.
+ * The only module that opens Deno KV and chooses the bus (KV or memory).
+ * Imports: everything it wires.
+ */
+import type { Bus } from "./bus.ts";
+import type { Config } from "./config.ts";
+import { createHttpHandler } from "./http.ts";
+import { Hub } from "./hub.ts";
+import { KvBus } from "./kv_bus.ts";
+import { Logger } from "./log.ts";
+import { MemoryBus } from "./memory_bus.ts";
+import { Metrics } from "./metrics.ts";
+
+/** A running server: the request handler and its shutdown. */
+export interface Server {
+  /** Handles one request (WebSocket upgrade, /healthz, /metrics, static files). */
+  fetch(req: Request, info?: Deno.ServeHandlerInfo): Promise<Response> | Response;
+  /**
+   * Stops accepting, closes sockets with 1001, stores frames already
+   * accepted (bounded wait) and closes KV if this server opened it.
+   * Idempotent.
+   */
+  close(): Promise<void>;
+  readonly hub: Hub;
+  readonly metrics: Metrics;
+}
+
+/** Things a caller may supply instead of letting the server open them. */
+export interface ServerDeps {
+  /** An open KV handle; the server will not close it. */
+  readonly kv?: Deno.Kv;
+  readonly log?: Logger;
+  /** Serves static files for GET/HEAD; default: none. */
+  readonly staticFiles?: (req: Request) => Promise<Response | undefined>;
+}
+
+/**
+ * Builds a server. Opens KV at `config.kvPath` unless `deps.kv` is given.
+ * @throws Error naming MLES_KV and the path if KV cannot be opened.
+ */
+export async function createServer(config: Config, deps: ServerDeps = {}): Promise<Server> {
+  const log = deps.log ?? new Logger(config.logLevel);
+  let kv = deps.kv;
+  const ownsKv = config.bus === "kv" && !kv;
+  if (ownsKv) {
+    try {
+      kv = await Deno.openKv(config.kvPath);
+    } catch (err) {
+      throw new Error(
+        `Cannot start: cannot open Deno KV at MLES_KV=${
+          JSON.stringify(config.kvPath ?? "(default)")
+        }: ${err instanceof Error ? err.message : err}`,
+        { cause: err },
+      );
+    }
+  }
+  const origin = crypto.randomUUID().slice(0, 8);
+  const metrics = new Metrics(origin);
+  const bus: Bus = config.bus === "kv"
+    ? new KvBus(kv!, {
+      historyLimit: config.historyLimit,
+      ttlMs: config.channelTtlDays * 86_400_000,
+      origin,
+      metrics,
+      log,
+    })
+    : new MemoryBus(config.historyLimit);
+  const hub = new Hub(bus, {
+    maxBufferedBytes: config.maxBufferedBytes,
+    onDrop: (c) => metrics.drop(c.code),
+    onSent: (n) => metrics.framesOut += n,
+  });
+  const http = createHttpHandler({
+    session: {
+      hub,
+      config,
+      log,
+      onReject: (c) => metrics.reject(c.code),
+      onFrame: (bytes) => {
+        metrics.framesIn++;
+        metrics.bytesIn += bytes;
+      },
+    },
+    metrics,
+    gauges: () => ({
+      mles_sockets: { help: "Open WebSockets on this isolate", value: http.socketCount },
+      mles_members: { help: "Members joined or joining on this isolate", value: hub.memberCount },
+      mles_channels: { help: "Channels with local members", value: hub.channelCount },
+    }),
+    healthy: async () => {
+      if (!kv) return true;
+      try {
+        await kv.get(["mles", "health"]);
+        return true;
+      } catch {
+        return false;
+      }
+    },
+    staticFiles: deps.staticFiles,
+  });
+
+  let closed: Promise<void> | undefined;
+  return {
+    fetch: http.fetch,
+    hub,
+    metrics,
+    close() {
+      closed ??= (async () => {
+        http.closeSockets();
+        await bus.close();
+        if (ownsKv) kv!.close();
+      })();
+      return closed;
+    },
+  };
+}
+
+/**
+ * Closes `server` and exits on SIGINT/SIGTERM, within `boundMs` even if
+ * something hangs (Deploy kills an evicted isolate 5 s after SIGINT; a
+ * `deno serve` process holding a `kv.watch` did not exit on SIGTERM without
+ * this). No-op where signals are not available (Deploy, workers).
+ */
+export function shutdownOnSignals(server: Server, boundMs = 4_000): void {
+  const stop = () => {
+    const timer = setTimeout(() => Deno.exit(0), boundMs);
+    server.close().finally(() => {
+      clearTimeout(timer);
+      Deno.exit(0);
+    });
+  };
+  for (const sig of ["SIGINT", "SIGTERM"] as const) {
+    try {
+      Deno.addSignalListener(sig, stop);
+    } catch {
+      // Signals are not available here (Deploy isolate or worker): the platform stops us.
+    }
+  }
+}

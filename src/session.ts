@@ -1,0 +1,144 @@
+/**
+ * @module
+ * One connection's life: awaiting the header -> joining -> joined -> closed.
+ * Validates the header (header.ts) and auth (auth.ts), applies the
+ * duplicate-session rule, holds frames a client sends while its join is in
+ * progress, and wraps the WebSocket as the hub's {@link Member}. Every
+ * rejection closes with a code and reason and logs one line (never the auth
+ * value or the key). Imports: header, auth, hub, frame, close, config, log.
+ */
+import { verifyAuth } from "./auth.ts";
+import { CLOSE, type Close } from "./close.ts";
+import type { Config } from "./config.ts";
+import { exceedsBytes, type Frame, utf8Length } from "./frame.ts";
+import { parseHeader } from "./header.ts";
+import type { Hub, Member, Membership } from "./hub.ts";
+import type { Logger } from "./log.ts";
+
+/** What a session needs from the server. */
+export interface SessionContext {
+  readonly hub: Hub;
+  readonly config: Config;
+  readonly log: Logger;
+  /** Counts a refused join by its close reason (metrics). */
+  readonly onReject?: (close: Close) => void;
+  /** Counts a frame received from a joined client (metrics). */
+  readonly onFrame?: (bytes: number) => void;
+}
+
+/**
+ * Closes a socket with `close`, ignoring the errors a close can raise when
+ * the socket is already closing or closed (there is nothing left to tell).
+ */
+export function closeQuietly(socket: WebSocket, close: Close): void {
+  try {
+    if (socket.readyState === WebSocket.OPEN || socket.readyState === WebSocket.CONNECTING) {
+      socket.close(close.code, close.reason);
+    }
+  } catch {
+    // Already closing, or the connection is gone: nothing more to send.
+  }
+}
+
+function toFrame(data: unknown): Frame {
+  if (typeof data === "string") return { kind: "text", data };
+  if (data instanceof ArrayBuffer) return { kind: "binary", data: new Uint8Array(data) };
+  return { kind: "binary", data: new Uint8Array(data as ArrayBufferLike) };
+}
+
+function frameSize(frame: Frame): number {
+  return frame.kind === "binary" ? frame.data.byteLength : utf8Length(frame.data);
+}
+
+/**
+ * Runs the Mles session on an upgraded socket (SPEC sections 2, 3 and 5).
+ * Returns at once; the socket's events drive the rest. `peer` (remote
+ * address) is used in log lines only.
+ */
+export function runSession(socket: WebSocket, ctx: SessionContext, peer: string): void {
+  const { hub, config, log } = ctx;
+  socket.binaryType = "arraybuffer";
+  let state: "header" | "joining" | "joined" | "closed" = "header";
+  let identity: string | undefined;
+  let membership: Membership | undefined;
+  let early: Frame[] = [];
+
+  const member: Member = {
+    send: (frame) => socket.send(frame.data as string),
+    get bufferedAmount() {
+      return socket.bufferedAmount;
+    },
+    close: (close) => closeQuietly(socket, close),
+  };
+
+  const reject = (close: Close, uid?: string, channel?: string) => {
+    log.warn("connection refused", { peer, code: close.code, reason: close.reason, uid, channel });
+    ctx.onReject?.(close);
+    closeQuietly(socket, close);
+  };
+
+  const headerTimer = setTimeout(() => {
+    if (state === "header") reject(CLOSE.headerTimeout(config.headerTimeoutMs));
+  }, config.headerTimeoutMs);
+
+  const onFirstFrame = (frame: Frame) => {
+    clearTimeout(headerTimer);
+    const parsed = parseHeader(frame, config.maxHeaderBytes);
+    if (!parsed.ok) return reject(parsed.close);
+    const h = parsed.header;
+    if (!verifyAuth(h, config.key)) {
+      return reject(
+        config.key !== undefined && h.auth === undefined ? CLOSE.authRequired : CLOSE.authFailed,
+        h.uid,
+        h.channel,
+      );
+    }
+    const id = `${h.uid}\0${h.channel}\0${h.auth ?? ""}`;
+    if (!hub.claim(id)) return reject(CLOSE.duplicateSession, h.uid, h.channel);
+    identity = id;
+    state = "joining";
+    hub.join(member, h.channel, frame).then((m) => {
+      if (!m) return;
+      if (state !== "joining") return m.leave();
+      membership = m;
+      state = "joined";
+      log.info("joined", { peer, uid: h.uid, channel: h.channel });
+      const queued = early;
+      early = [];
+      for (const f of queued) m.publish(f);
+    }, (err) => {
+      log.error("join failed", { peer, uid: h.uid, channel: h.channel, error: err });
+      closeQuietly(socket, CLOSE.storeFailed);
+    });
+  };
+
+  socket.onmessage = (ev: MessageEvent) => {
+    const frame = toFrame(ev.data);
+    if (state === "header") return onFirstFrame(frame);
+    if (state === "closed") return;
+    if (exceedsBytes(frame, config.maxFrameBytes)) {
+      const close = CLOSE.frameTooBig(frameSize(frame), config.maxFrameBytes);
+      log.warn("frame refused", { peer, code: close.code, reason: close.reason });
+      ctx.onReject?.(close);
+      return closeQuietly(socket, close);
+    }
+    if (state === "joining") {
+      early.push(frame);
+      return;
+    }
+    ctx.onFrame?.(frame.kind === "binary" ? frame.data.byteLength : frame.data.length);
+    membership!.publish(frame);
+  };
+
+  const end = () => {
+    if (state === "closed") return;
+    state = "closed";
+    clearTimeout(headerTimer);
+    membership?.leave();
+    membership = undefined;
+    early = [];
+    if (identity !== undefined) hub.release(identity);
+  };
+  socket.onclose = end;
+  socket.onerror = end;
+}

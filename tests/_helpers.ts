@@ -1,0 +1,216 @@
+/**
+ * @module
+ * Test helpers shared by every suite: a real server on a real port (0) with
+ * real Deno KV (`:memory:` unless the test gives a path), and a WebSocket test
+ * client whose `next()` awaits the next frame with a deadline. Everything is
+ * `await using`-disposable so sockets, servers and KV handles never leak.
+ */
+import { loadConfig } from "../src/config.ts";
+import { createServer, type Server } from "../src/server.ts";
+
+/** A running server for one test. */
+export interface TestServer extends AsyncDisposable {
+  /** http://127.0.0.1:PORT/ */
+  readonly url: string;
+  /** ws://127.0.0.1:PORT/ */
+  readonly wsUrl: string;
+  readonly port: number;
+  readonly server: Server;
+  close(): Promise<void>;
+}
+
+/** Options for {@link startServer}. */
+export interface StartOptions {
+  /** Environment for loadConfig; defaults: MLES_KV=":memory:", MLES_LOG_LEVEL="error". */
+  env?: Record<string, string>;
+  /** An open KV handle to use (the test closes it). */
+  kv?: Deno.Kv;
+  /** Port to listen on (default 0 = any free port). */
+  port?: number;
+}
+
+/** Starts a server on 127.0.0.1 with the given environment. */
+export async function startServer(options: StartOptions = {}): Promise<TestServer> {
+  const config = loadConfig({
+    MLES_KV: ":memory:",
+    MLES_LOG_LEVEL: "error",
+    ...options.env,
+  });
+  const server = await createServer(config, { kv: options.kv });
+  const http = Deno.serve(
+    { port: options.port ?? 0, hostname: "127.0.0.1", onListen() {} },
+    server.fetch,
+  );
+  const port = http.addr.port;
+  let closed: Promise<void> | undefined;
+  const close = () =>
+    closed ??= (async () => {
+      await server.close();
+      await http.shutdown();
+    })();
+  return {
+    url: `http://127.0.0.1:${port}/`,
+    wsUrl: `ws://127.0.0.1:${port}/`,
+    port,
+    server,
+    close,
+    [Symbol.asyncDispose]: close,
+  };
+}
+
+/** A frame as the test client received it. */
+export type Received = string | Uint8Array;
+
+/** How a connection ended. */
+export interface Closed {
+  code: number;
+  reason: string;
+}
+
+/** A WebSocket client for tests: queued frames, `next()` with a deadline, disposable. */
+export class TestClient implements AsyncDisposable {
+  readonly ws: WebSocket;
+  readonly #frames: Received[] = [];
+  #waiter: PromiseWithResolvers<Received> | undefined;
+  readonly #closed = Promise.withResolvers<Closed>();
+  /** Resolves with the close code and reason once the connection has ended. */
+  readonly closed: Promise<Closed> = this.#closed.promise;
+
+  private constructor(ws: WebSocket) {
+    this.ws = ws;
+    ws.binaryType = "arraybuffer";
+    ws.onmessage = (ev) => {
+      const f = typeof ev.data === "string" ? ev.data : new Uint8Array(ev.data as ArrayBuffer);
+      if (this.#waiter) {
+        const w = this.#waiter;
+        this.#waiter = undefined;
+        w.resolve(f);
+      } else this.#frames.push(f);
+    };
+    ws.onclose = (ev) => {
+      this.#closed.resolve({ code: ev.code, reason: ev.reason });
+      this.#waiter?.reject(new Error(`closed ${ev.code} ${ev.reason}`));
+      this.#waiter = undefined;
+    };
+    ws.onerror = () => {};
+  }
+
+  /**
+   * Opens a connection offering `mles-websocket` (or `protocols`) and, when
+   * `header` is given, sends it (objects are JSON-encoded) as the first frame.
+   */
+  static async open(
+    url: string,
+    header?: Record<string, unknown> | string,
+    protocols: string | string[] = "mles-websocket",
+  ): Promise<TestClient> {
+    const ws = new WebSocket(url, protocols);
+    const c = new TestClient(ws);
+    const opened = Promise.withResolvers<void>();
+    ws.onopen = () => opened.resolve();
+    const early = c.closed.then((cl) => {
+      throw new Error(`connection closed before open: ${cl.code} ${cl.reason}`);
+    });
+    await Promise.race([opened.promise, early]);
+    if (header !== undefined) ws.send(typeof header === "string" ? header : JSON.stringify(header));
+    return c;
+  }
+
+  /** Sends a text (string) or binary (bytes) frame. */
+  send(data: string | Uint8Array): void {
+    this.ws.send(data as string);
+  }
+
+  /** The next frame received, waiting at most `ms`. Rejects on timeout or close. */
+  next(ms = 5000): Promise<Received> {
+    const f = this.#frames.shift();
+    if (f !== undefined) return Promise.resolve(f);
+    if (this.ws.readyState >= WebSocket.CLOSING) {
+      return Promise.reject(new Error("connection is closed"));
+    }
+    const w = Promise.withResolvers<Received>();
+    this.#waiter = w;
+    const t = setTimeout(() => {
+      if (this.#waiter === w) this.#waiter = undefined;
+      w.reject(new Error(`no frame within ${ms} ms`));
+    }, ms);
+    return w.promise.finally(() => clearTimeout(t));
+  }
+
+  /** The next `n` frames, in order. */
+  async take(n: number, ms = 5000): Promise<Received[]> {
+    const out: Received[] = [];
+    for (let i = 0; i < n; i++) out.push(await this.next(ms));
+    return out;
+  }
+
+  /** Frames received and not yet taken. */
+  get pending(): number {
+    return this.#frames.length;
+  }
+
+  /** Waits for the close, at most `ms`. */
+  async waitClosed(ms = 5000): Promise<Closed> {
+    let t: ReturnType<typeof setTimeout> | undefined;
+    const timeout = new Promise<never>((_, rej) => {
+      t = setTimeout(() => rej(new Error(`not closed within ${ms} ms`)), ms);
+    });
+    try {
+      return await Promise.race([this.closed, timeout]);
+    } finally {
+      clearTimeout(t);
+    }
+  }
+
+  /** Closes (if open) and waits for the close to complete. */
+  async close(): Promise<void> {
+    if (this.ws.readyState <= WebSocket.OPEN) this.ws.close();
+    await this.closed;
+  }
+
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
+}
+
+/** An Mles header object. */
+export function header(uid: string, channel: string, extra: Record<string, unknown> = {}) {
+  return { uid, channel, ...extra };
+}
+
+/** Polls `cond` every few ms until it holds; rejects after `ms` naming `what`. */
+export async function waitFor(cond: () => boolean, what: string, ms = 5000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
+/** Clients opened together and closed together. */
+export interface Group extends AsyncDisposable {
+  readonly clients: TestClient[];
+}
+
+/**
+ * Opens one client per header, one after the other, each waiting until its
+ * join has completed before the next opens, so every history is known:
+ * the k-th client's history holds the headers of the k-1 before it.
+ */
+export async function joinInOrder(
+  s: TestServer,
+  ...headers: Record<string, unknown>[]
+): Promise<Group> {
+  const clients: TestClient[] = [];
+  for (const h of headers) {
+    const before = s.server.hub.joinedCount;
+    clients.push(await TestClient.open(s.wsUrl, h));
+    await waitFor(() => s.server.hub.joinedCount > before, `join of ${JSON.stringify(h)}`);
+  }
+  return {
+    clients,
+    async [Symbol.asyncDispose]() {
+      await Promise.all(clients.map((c) => c.close()));
+    },
+  };
+}
