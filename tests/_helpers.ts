@@ -214,3 +214,61 @@ export async function joinInOrder(
     },
   };
 }
+
+/** A server isolate running in a Web Worker (own KV handle, own port). */
+export interface IsolateServer {
+  readonly wsUrl: string;
+  readonly url: string;
+  close(): Promise<void>;
+}
+
+/** A set of isolates sharing one KV file, like `deno serve --parallel`. */
+export interface Isolates extends AsyncDisposable {
+  readonly isolates: IsolateServer[];
+  readonly kvPath: string;
+  close(): Promise<void>;
+}
+
+/**
+ * Starts `n` server isolates in Web Workers, each with its own KV handle on
+ * the same SQLite file (`kvPath`, default: a new temp file removed on close).
+ */
+export async function startIsolates(
+  n: number,
+  env: Record<string, string> = {},
+  kvPath?: string,
+): Promise<Isolates> {
+  const dir = kvPath ? undefined : await Deno.makeTempDir({ prefix: "mles-isolates-" });
+  const path = kvPath ?? `${dir}/kv.sqlite3`;
+  const isolates: IsolateServer[] = [];
+  for (let i = 0; i < n; i++) {
+    const w = new Worker(new URL("./_isolate_worker.ts", import.meta.url), { type: "module" });
+    const started = Promise.withResolvers<number>();
+    w.onmessage = (ev) => {
+      if (ev.data?.error) started.reject(new Error(ev.data.error));
+      else started.resolve(ev.data.port);
+    };
+    w.postMessage({ env: { ...env, MLES_KV: path } });
+    const port = await started.promise;
+    let closed: Promise<void> | undefined;
+    isolates.push({
+      wsUrl: `ws://127.0.0.1:${port}/`,
+      url: `http://127.0.0.1:${port}/`,
+      close: () =>
+        closed ??= (async () => {
+          const done = Promise.withResolvers<void>();
+          w.onmessage = (ev) => ev.data === "closed" && done.resolve();
+          w.postMessage("close");
+          await done.promise;
+          w.terminate();
+        })(),
+    });
+  }
+  let closing: Promise<void> | undefined;
+  const close = () =>
+    closing ??= (async () => {
+      await Promise.all(isolates.map((i) => i.close()));
+      if (dir) await Deno.remove(dir, { recursive: true });
+    })();
+  return { isolates, kvPath: path, close, [Symbol.asyncDispose]: close };
+}

@@ -1,0 +1,30 @@
+/**
+ * A Web Worker that runs one server isolate (own KV handle, own port) for the
+ * multi-isolate tests, like one isolate of `deno serve --parallel`.
+ * Messages in: {env} to start, "close" to stop. Out: {port}, "closed", {error}.
+ */
+import { loadConfig } from "../src/config.ts";
+import { createServer } from "../src/server.ts";
+
+declare const self: Worker & { close(): void };
+
+let stop: (() => Promise<void>) | undefined;
+
+self.onmessage = async (ev: MessageEvent) => {
+  try {
+    if (ev.data === "close") {
+      await stop?.();
+      self.postMessage("closed");
+      return;
+    }
+    const server = await createServer(loadConfig({ MLES_LOG_LEVEL: "error", ...ev.data.env }));
+    const http = Deno.serve({ port: 0, hostname: "127.0.0.1", onListen() {} }, server.fetch);
+    stop = async () => {
+      await server.close();
+      await http.shutdown();
+    };
+    self.postMessage({ port: http.addr.port, isolate: server.metrics.isolate });
+  } catch (err) {
+    self.postMessage({ error: String(err) });
+  }
+};
