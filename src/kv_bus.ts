@@ -152,6 +152,16 @@ export class KvBus implements Bus {
     this.#keep = options.historyLimit + Math.max(1000, options.historyLimit);
   }
 
+  /** Open `kv.watch` streams (0 or 1 whatever the number of channels). For tests and metrics. */
+  get watchStreams(): number {
+    return this.#watchReader ? 1 : 0;
+  }
+
+  /** Channels this bus follows. For tests and metrics. */
+  get followedChannels(): number {
+    return this.#byKey.size;
+  }
+
   listen(handler: BusHandler): void {
     this.#handler = handler;
   }

@@ -1,0 +1,159 @@
+/**
+ * The join handoff (STYLE 5) as a unit: "history, then live, no gap, no
+ * duplicate", with every interleaving of live frames and the history read
+ * driven by hand through a scripted bus. Members are plain recorders.
+ */
+import assert from "node:assert/strict";
+import type { Bus, BusHandler, History } from "../src/bus.ts";
+import type { Close } from "../src/close.ts";
+import type { Delivery, Frame } from "../src/frame.ts";
+import { Hub, type Member } from "../src/hub.ts";
+
+/** A bus whose history reads resolve when the test says so. */
+class ScriptedBus implements Bus {
+  handler!: BusHandler;
+  published: Delivery[] = [];
+  pendingHistory: PromiseWithResolvers<History>[] = [];
+  listen(h: BusHandler) {
+    this.handler = h;
+  }
+  subscribe() {
+    return Promise.resolve();
+  }
+  unsubscribe() {}
+  publish(_c: string, d: Delivery) {
+    this.published.push(d);
+  }
+  history(): Promise<History> {
+    const p = Promise.withResolvers<History>();
+    this.pendingHistory.push(p);
+    return p.promise;
+  }
+  close() {
+    return Promise.resolve();
+  }
+}
+
+class Recorder implements Member {
+  got: string[] = [];
+  closed: Close | undefined;
+  bufferedAmount = 0;
+  throws = false;
+  send(f: Frame) {
+    if (this.throws) throw new Error("socket gone");
+    this.got.push(f.data as string);
+  }
+  close(c: Close) {
+    this.closed = c;
+  }
+}
+
+const t = (data: string): Frame => ({ kind: "text", data });
+const d = (id: string, data: string, seq?: number): Delivery => ({ id, frame: t(data), seq });
+const tick = () => new Promise((r) => setTimeout(r, 0));
+
+Deno.test("join: frames stored up to the history point come from history only, later ones live", async () => {
+  const bus = new ScriptedBus();
+  const hub = new Hub(bus, { maxBufferedBytes: 1e9 });
+  const m = new Recorder();
+  const joining = hub.join(m, "c", t("hdr"));
+  await tick();
+  // While history is read, remote frames 4 and 5 arrive live; history ends at 4.
+  bus.handler.onFrames("c", [d("r.4", "four", 4), d("r.5", "five", 5)]);
+  bus.pendingHistory[0].resolve({
+    deliveries: [d("r.3", "three", 3), d("r.4", "four", 4)],
+    lastSeq: 4,
+  });
+  await joining;
+  assert.deepEqual(m.got, ["three", "four", "five"]);
+  bus.handler.onFrames("c", [d("r.6", "six", 6)]);
+  assert.deepEqual(m.got, ["three", "four", "five", "six"]);
+});
+
+Deno.test("join: a local frame published during the join is sent once, whether history has it or not", async () => {
+  const bus = new ScriptedBus();
+  const hub = new Hub(bus, { maxBufferedBytes: 1e9 });
+  const a = new Recorder();
+  const ja = hub.join(a, "c", t("hdr-a"));
+  await tick();
+  bus.pendingHistory[0].resolve({ deliveries: [], lastSeq: 0 });
+  const pa = (await ja)!;
+  const b = new Recorder();
+  const jb = hub.join(b, "c", t("hdr-b"));
+  await tick();
+  pa.publish(t("x")); // not stored yet: b buffers it
+  pa.publish(t("y"));
+  const [x, y] = bus.published.slice(-2);
+  x.seq = 7; // x got stored before the history read; y did not
+  bus.pendingHistory[1].resolve({ deliveries: [x], lastSeq: 7 });
+  await jb;
+  assert.deepEqual(b.got, ["x", "y"]);
+  assert.deepEqual(a.got, [], "never echoed to the sender");
+});
+
+Deno.test("join: a local frame read as part of the history snapshot is not sent twice", async () => {
+  const bus = new ScriptedBus();
+  const hub = new Hub(bus, { maxBufferedBytes: 1e9 });
+  const a = new Recorder();
+  const ja = hub.join(a, "c", t("hdr-a"));
+  await tick();
+  bus.pendingHistory[0].resolve({ deliveries: [], lastSeq: 0 });
+  const pa = (await ja)!;
+  const b = new Recorder();
+  const jb = hub.join(b, "c", t("hdr-b"));
+  await tick();
+  pa.publish(t("z")); // history snapshot includes it by id, seq not known yet
+  const z = bus.published.at(-1)!;
+  bus.pendingHistory[1].resolve({ deliveries: [z], lastSeq: 0 });
+  await jb;
+  assert.deepEqual(b.got, ["z"]);
+});
+
+Deno.test("join: the header goes to history only, after the newcomer's history", async () => {
+  const bus = new ScriptedBus();
+  const hub = new Hub(bus, { maxBufferedBytes: 1e9 });
+  const a = new Recorder();
+  const ja = hub.join(a, "c", t("hdr-a"));
+  await tick();
+  bus.pendingHistory[0].resolve({ deliveries: [d("o.1", "old", 1)], lastSeq: 1 });
+  await ja;
+  assert.deepEqual(a.got, ["old"]);
+  const hdr = bus.published.at(-1)!;
+  assert.equal(hdr.frame.data, "hdr-a");
+  assert.equal(hdr.historyOnly, true);
+});
+
+Deno.test("fan-out: a member whose send throws is dropped with 1011 and the others still get the frame", async () => {
+  const bus = new ScriptedBus();
+  const hub = new Hub(bus, { maxBufferedBytes: 1e9 });
+  const [a, bad, c] = [new Recorder(), new Recorder(), new Recorder()];
+  for (const m of [a, bad, c]) {
+    const j = hub.join(m, "c", t("h"));
+    await tick();
+    bus.pendingHistory.at(-1)!.resolve({ deliveries: [], lastSeq: 0 });
+    await j;
+  }
+  bad.throws = true;
+  bus.handler.onFrames("c", [d("r.1", "one", 1)]);
+  assert.deepEqual(a.got, ["one"]);
+  assert.deepEqual(c.got, ["one"]);
+  assert.equal(bad.closed?.code, 1011);
+  assert.equal(hub.memberCount, 2);
+});
+
+Deno.test("fan-out: a member over the buffered-bytes limit is dropped with 1013, others unaffected", async () => {
+  const bus = new ScriptedBus();
+  const hub = new Hub(bus, { maxBufferedBytes: 100 });
+  const [a, slow] = [new Recorder(), new Recorder()];
+  for (const m of [a, slow]) {
+    const j = hub.join(m, "c", t("h"));
+    await tick();
+    bus.pendingHistory.at(-1)!.resolve({ deliveries: [], lastSeq: 0 });
+    await j;
+  }
+  slow.bufferedAmount = 101;
+  bus.handler.onFrames("c", [d("r.1", "one", 1), d("r.2", "two", 2)]);
+  assert.deepEqual(a.got, ["one", "two"]);
+  assert.deepEqual(slow.got, ["one"]);
+  assert.equal(slow.closed?.code, 1013);
+});
