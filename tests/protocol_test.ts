@@ -342,11 +342,11 @@ Deno.test("auth: a server with MLES_KEY refuses the keyless value with 1008", as
 
 Deno.test("auth: a server without a key accepts no auth and the keyless value, refuses others", async () => {
   await using s = await startServer();
-  await using a = await TestClient.open(
+  await using _a = await TestClient.open(
     s.wsUrl,
     header("alice", "example", { auth: "9b3b95527f7c2d80" }),
   );
-  await using b = await TestClient.open(s.wsUrl, header("bob", "example"));
+  await using _b = await TestClient.open(s.wsUrl, header("bob", "example"));
   await waitFor(() => s.server.hub.memberCount === 2, "both joined");
   await using c = await TestClient.open(
     s.wsUrl,
@@ -368,7 +368,7 @@ Deno.test("session: a second connection with an identical header is closed as a 
     reason: "Cannot join: the same uid, channel and auth are already joined",
   });
   // Same uid in another channel, or with another auth, is a different session.
-  await using a3 = await TestClient.open(s.wsUrl, header("a", "dup2"));
+  await using _a3 = await TestClient.open(s.wsUrl, header("a", "dup2"));
   await waitFor(() => s.server.hub.memberCount === 2, "a joined dup2");
   assert.equal(a.ws.readyState, WebSocket.OPEN);
 });
