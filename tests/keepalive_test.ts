@@ -1,0 +1,96 @@
+/**
+ * SPEC section 5 keepalive: the server pings a silent client and drops one
+ * that never answers; a client that answers pings stays. Uses a raw TCP
+ * WebSocket for the client that must NOT answer (browser-style WebSocket
+ * clients always answer pings).
+ */
+import assert from "node:assert/strict";
+import { header, startServer, TestClient, waitFor } from "./_helpers.ts";
+
+/** A raw WebSocket over TCP that reads frames and never answers pings. */
+async function silentClient(port: number, first: string) {
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+  const req = [
+    "GET / HTTP/1.1",
+    `Host: 127.0.0.1:${port}`,
+    "Upgrade: websocket",
+    "Connection: Upgrade",
+    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+    "Sec-WebSocket-Version: 13",
+    "Sec-WebSocket-Protocol: mles-websocket",
+  ].join("\r\n") + "\r\n\r\n";
+  await conn.write(new TextEncoder().encode(req));
+  let buf = new Uint8Array(0);
+  const more = async () => {
+    const chunk = new Uint8Array(4096);
+    const n = await conn.read(chunk);
+    if (n === null) throw new Error("connection ended");
+    const next = new Uint8Array(buf.length + n);
+    next.set(buf);
+    next.set(chunk.subarray(0, n), buf.length);
+    buf = next;
+  };
+  // Skip the HTTP response.
+  for (;;) {
+    const end = new TextDecoder().decode(buf).indexOf("\r\n\r\n");
+    if (end >= 0) {
+      buf = buf.slice(end + 4);
+      break;
+    }
+    await more();
+  }
+  const payload = new TextEncoder().encode(first);
+  const frame = new Uint8Array(6 + payload.length);
+  frame[0] = 0x81;
+  frame[1] = 0x80 | payload.length; // header < 126 bytes
+  payload.forEach((b, i) => frame[6 + i] = b); // mask key 0,0,0,0
+  await conn.write(frame);
+  return {
+    conn,
+    /** Next frame from the server: opcode and payload (server frames are unmasked). */
+    async next(): Promise<{ opcode: number; payload: Uint8Array }> {
+      while (buf.length < 2) await more();
+      let len = buf[1] & 0x7f;
+      let off = 2;
+      if (len === 126) {
+        while (buf.length < 4) await more();
+        len = (buf[2] << 8) | buf[3];
+        off = 4;
+      }
+      while (buf.length < off + len) await more();
+      const out = { opcode: buf[0] & 0x0f, payload: buf.slice(off, off + len) };
+      buf = buf.slice(off + len);
+      return out;
+    },
+  };
+}
+
+Deno.test("keepalive: the server pings a silent client and drops it when no pong comes", async () => {
+  await using s = await startServer({ env: { MLES_PING_INTERVAL_S: "1" } });
+  const c = await silentClient(s.port, JSON.stringify(header("quiet", "k")));
+  const t0 = Date.now();
+  await waitFor(() => s.server.hub.joinedCount === 1, "quiet joined");
+  let opcode = 0;
+  const seen: number[] = [];
+  let closePayload: Uint8Array = new Uint8Array(0);
+  while (opcode !== 0x8) {
+    const f = await c.next();
+    opcode = f.opcode;
+    seen.push(opcode);
+    if (opcode === 0x8) closePayload = f.payload;
+  }
+  const elapsed = Date.now() - t0;
+  assert.ok(seen.includes(0x9), `a ping came first (opcodes ${seen})`);
+  assert.equal((closePayload[0] << 8) | closePayload[1], 1001);
+  assert.ok(elapsed >= 1500 && elapsed < 5000, `dropped after ${elapsed} ms (2 x 1 s expected)`);
+  await waitFor(() => s.server.hub.memberCount === 0, "member removed");
+  c.conn.close();
+});
+
+Deno.test("keepalive: a client that answers pings stays joined past the idle timeout", async () => {
+  await using s = await startServer({ env: { MLES_PING_INTERVAL_S: "1" } });
+  await using a = await TestClient.open(s.wsUrl, header("a", "alive"));
+  await new Promise((r) => setTimeout(r, 3500));
+  assert.equal(a.ws.readyState, WebSocket.OPEN);
+  assert.equal(s.server.hub.joinedCount, 1);
+});
