@@ -45,6 +45,14 @@ export const CLOSE = {
     code: 1013,
     reason: clip(`Too slow: ${bytes} bytes waiting to be sent`),
   }),
+  tooManyFrames: (limit: number): Close => ({
+    code: 1008,
+    reason: `Too many frames: limit is ${limit} per second`,
+  }),
+  tooManyBytes: (limit: number): Close => ({
+    code: 1008,
+    reason: `Too many bytes: limit is ${limit} per second`,
+  }),
   sendFailed: { code: 1011, reason: "Send failed" },
   storeFailed: { code: 1011, reason: "Cannot store frame: history store unavailable" },
   shuttingDown: { code: 1001, reason: "Server is shutting down" },

@@ -33,6 +33,25 @@ export interface Config {
   readonly channelTtlDays: number;
   /** Log level for the JSON log lines on stderr. */
   readonly logLevel: "debug" | "info" | "warn" | "error" | "silent";
+  /** New WebSocket connections per client IP per minute; 0 = unlimited. */
+  readonly rateLimitPerMinute: number;
+  /** Frames per second one connection may send; 0 = unlimited. */
+  readonly maxFramesPerS: number;
+  /** Bytes per second one connection may send; 0 = unlimited. */
+  readonly maxBytesPerS: number;
+  /** Open WebSockets per isolate; 0 = unlimited. */
+  readonly maxConnections: number;
+  /** Bytes of history replayed per channel (besides the frame count); 0 = unlimited. */
+  readonly historyMaxBytes: number;
+  /** Bearer token required by GET /metrics; undefined = open. */
+  readonly metricsToken: string | undefined;
+  /** PEM certificate and key paths: serve wss:// directly (`deno task start`). */
+  readonly tlsCert: string | undefined;
+  readonly tlsKey: string | undefined;
+  /** How long a frame may keep failing to store before its sender is closed (1011). */
+  readonly storeTimeoutMs: number;
+  /** Shutdown finishes (or is cut short) within this many ms. */
+  readonly shutdownTimeoutMs: number;
 }
 
 /** A configuration value that cannot be used; the message names the variable. */
@@ -97,6 +116,16 @@ const schema = z.object({
     ["debug", "info", "warn", "error", "silent"] as const,
     "warn",
   ),
+  MLES_RATE_LIMIT: int("MLES_RATE_LIMIT", 0, 1_000_000, 0),
+  MLES_MAX_FRAMES_PER_S: int("MLES_MAX_FRAMES_PER_S", 0, 10_000_000, 0),
+  MLES_MAX_BYTES_PER_S: int("MLES_MAX_BYTES_PER_S", 0, 1024 * 1024 * MiB, 0),
+  MLES_MAX_CONNECTIONS: int("MLES_MAX_CONNECTIONS", 0, 10_000_000, 0),
+  MLES_HISTORY_MAX_BYTES: int("MLES_HISTORY_MAX_BYTES", 0, 1024 * 1024 * MiB, 0),
+  MLES_METRICS_TOKEN: optionalText,
+  MLES_TLS_CERT: optionalText,
+  MLES_TLS_KEY: optionalText,
+  MLES_STORE_TIMEOUT_MS: int("MLES_STORE_TIMEOUT_MS", 100, 3_600_000, 30_000),
+  MLES_SHUTDOWN_TIMEOUT_MS: int("MLES_SHUTDOWN_TIMEOUT_MS", 100, 600_000, 5_000),
 });
 
 /**
@@ -116,6 +145,12 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
       `Cannot start: MLES_MAX_BUFFERED_BYTES must be at least MLES_MAX_FRAME_BYTES (${e.MLES_MAX_FRAME_BYTES}): current value is "${e.MLES_MAX_BUFFERED_BYTES}"`,
     );
   }
+  if ((e.MLES_TLS_CERT === undefined) !== (e.MLES_TLS_KEY === undefined)) {
+    throw new ConfigError(
+      "Cannot start: MLES_TLS_CERT and MLES_TLS_KEY must be set together: only " +
+        (e.MLES_TLS_CERT ? "MLES_TLS_CERT" : "MLES_TLS_KEY") + " is set",
+    );
+  }
   return Object.freeze({
     port: e.PORT,
     key: e.MLES_KEY,
@@ -129,6 +164,16 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     maxBufferedBytes: e.MLES_MAX_BUFFERED_BYTES,
     channelTtlDays: e.MLES_CHANNEL_TTL_DAYS,
     logLevel: e.MLES_LOG_LEVEL,
+    rateLimitPerMinute: e.MLES_RATE_LIMIT,
+    maxFramesPerS: e.MLES_MAX_FRAMES_PER_S,
+    maxBytesPerS: e.MLES_MAX_BYTES_PER_S,
+    maxConnections: e.MLES_MAX_CONNECTIONS,
+    historyMaxBytes: e.MLES_HISTORY_MAX_BYTES,
+    metricsToken: e.MLES_METRICS_TOKEN,
+    tlsCert: e.MLES_TLS_CERT,
+    tlsKey: e.MLES_TLS_KEY,
+    storeTimeoutMs: e.MLES_STORE_TIMEOUT_MS,
+    shutdownTimeoutMs: e.MLES_SHUTDOWN_TIMEOUT_MS,
   });
 }
 

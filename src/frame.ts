@@ -24,6 +24,8 @@ export interface Delivery {
   seq?: number;
   /** A join header: stored in history, never delivered live (SPEC section 3). */
   readonly historyOnly?: boolean;
+  /** Opaque handle of the local publisher, so a frame that cannot be stored can be traced to it. */
+  readonly source?: object;
 }
 
 /**

@@ -13,12 +13,45 @@ import type { Metrics } from "./metrics.ts";
 /** The subprotocol every Mles client offers and the server echoes (SPEC section 1). */
 export const SUBPROTOCOL = "mles-websocket";
 
+/**
+ * Counts new connections per client IP in fixed one-minute windows (two
+ * generations of maps, swapped lazily: memory stays bounded by the number
+ * of IPs seen in the last two minutes, and no timer is needed).
+ */
+class ConnectionRate {
+  readonly #limit: number;
+  #current = new Map<string, number>();
+  #since = Date.now();
+
+  constructor(perMinute: number) {
+    this.#limit = perMinute;
+  }
+
+  /** Counts one connection from `ip`; false if that exceeds the limit this minute. */
+  allow(ip: string): boolean {
+    const now = Date.now();
+    if (now - this.#since >= 60_000) {
+      this.#current = new Map();
+      this.#since = now;
+    }
+    const n = (this.#current.get(ip) ?? 0) + 1;
+    this.#current.set(ip, n);
+    return n <= this.#limit;
+  }
+}
+
 /** What the HTTP edge needs from the server. */
 export interface HttpContext {
   readonly session: SessionContext;
   readonly metrics: Metrics;
   /** Gauges for /metrics, read at scrape time. */
   readonly gauges: () => Record<string, { help: string; value: number }>;
+  /** Per-IP new connections per minute (0 = unlimited). */
+  readonly rateLimitPerMinute: number;
+  /** Open sockets per isolate (0 = unlimited). */
+  readonly maxConnections: number;
+  /** Bearer token for /metrics, or undefined. */
+  readonly metricsToken: string | undefined;
   /** True when the history store answers. */
   readonly healthy: () => Promise<boolean>;
   /** Serves a file for GET/HEAD, or undefined when there is none. */
@@ -53,19 +86,31 @@ function peerOf(info?: Deno.ServeHandlerInfo): string {
 export function createHttpHandler(ctx: HttpContext): HttpHandler {
   const sockets = new Set<WebSocket>();
   let closing = false;
+  const rate = ctx.rateLimitPerMinute > 0 ? new ConnectionRate(ctx.rateLimitPerMinute) : undefined;
+  const refuse = (status: number, message: string, peer: string, headers?: HeadersInit) => {
+    ctx.session.log.warn("upgrade refused", { peer, status, reason: message });
+    ctx.metrics.reject(status);
+    return new Response(message + "\n", { status, headers });
+  };
 
   const upgrade = (req: Request, info?: Deno.ServeHandlerInfo): Response => {
     // Read the peer before upgrading: the request is gone afterwards.
     const peer = peerOf(info);
-    if (closing) return new Response("Server is shutting down\n", { status: 503 });
+    if (closing) return refuse(503, "Server is shutting down", peer);
     if (!offersSubprotocol(req)) {
-      ctx.session.log.warn("upgrade refused", {
+      return refuse(400, `Cannot upgrade: offer the WebSocket subprotocol ${SUBPROTOCOL}`, peer);
+    }
+    if (rate && !rate.allow(peer)) {
+      return refuse(
+        429,
+        `Too many connections: limit is ${ctx.rateLimitPerMinute} per minute per address`,
         peer,
-        reason: `subprotocol ${SUBPROTOCOL} not offered`,
-      });
-      ctx.metrics.reject(400);
-      return new Response(`Cannot upgrade: offer the WebSocket subprotocol ${SUBPROTOCOL}\n`, {
-        status: 400,
+        { "retry-after": "60" },
+      );
+    }
+    if (ctx.maxConnections > 0 && sockets.size >= ctx.maxConnections) {
+      return refuse(503, `Too many connections: limit is ${ctx.maxConnections} here`, peer, {
+        "retry-after": "5",
       });
     }
     const { socket, response } = Deno.upgradeWebSocket(req, {
@@ -93,7 +138,16 @@ export function createHttpHandler(ctx: HttpContext): HttpHandler {
         });
       }
       if (pathname === "/metrics") {
-        return new Response(ctx.metrics.render(ctx.gauges()), {
+        if (
+          ctx.metricsToken !== undefined &&
+          req.headers.get("authorization") !== `Bearer ${ctx.metricsToken}`
+        ) {
+          return new Response("Unauthorized: send Authorization: Bearer <MLES_METRICS_TOKEN>\n", {
+            status: 401,
+            headers: { "www-authenticate": "Bearer" },
+          });
+        }
+        return new Response(await ctx.metrics.render(ctx.gauges()), {
           headers: { "content-type": "text/plain; version=0.0.4; charset=utf-8" },
         });
       }

@@ -10,7 +10,7 @@
  */
 import type { Bus } from "./bus.ts";
 import { CLOSE, type Close } from "./close.ts";
-import type { Delivery, Frame } from "./frame.ts";
+import { type Delivery, type Frame, utf8Length } from "./frame.ts";
 
 /** One local connection as the hub sees it. */
 export interface Member {
@@ -30,6 +30,8 @@ export interface HubOptions {
   readonly onDrop?: (close: Close) => void;
   /** Called with the number of frames sent to members (for metrics). */
   readonly onSent?: (frames: number) => void;
+  /** Bytes of history replayed to a newcomer at most (oldest dropped first); 0 = no bound. */
+  readonly historyMaxBytes?: number;
 }
 
 /** A member's place in a channel, returned by {@link Hub.join}. */
@@ -78,7 +80,7 @@ export class Hub {
     this.#opts = options;
     bus.listen({
       onFrames: (channel, deliveries) => this.#onBusFrames(channel, deliveries),
-      onPublishFailed: () => {},
+      onPublishFailed: (channel, d) => this.#onPublishFailed(channel, d),
     });
   }
 
@@ -135,7 +137,7 @@ export class Hub {
       if (slot.left) return undefined;
       const history = await this.#bus.history(channel);
       if (slot.left) return undefined;
-      for (const d of history.deliveries) {
+      for (const d of this.#boundBytes(history.deliveries)) {
         if (!this.#deliver(ch, slot, d.frame)) return undefined;
       }
       const buffered = slot.buffer!;
@@ -162,7 +164,7 @@ export class Hub {
     return {
       publish: (frame) => {
         if (slot.left) return;
-        const d: Delivery = { id: this.#newId(), frame };
+        const d: Delivery = { id: this.#newId(), frame, source: member };
         this.#fanout(joined, d, member);
         this.#bus.publish(channel, d);
       },
@@ -172,6 +174,28 @@ export class Hub {
 
   #newId(): string {
     return `${this.#origin}.${(this.#nextId++).toString(36)}`;
+  }
+
+  /** The newest frames of `all` whose total size stays within historyMaxBytes. */
+  #boundBytes(all: Delivery[]): Delivery[] {
+    const max = this.#opts.historyMaxBytes ?? 0;
+    if (max <= 0) return all;
+    let bytes = 0;
+    let i = all.length;
+    while (i > 0) {
+      const f = all[i - 1].frame;
+      bytes += f.kind === "binary" ? f.data.byteLength : utf8Length(f.data);
+      if (bytes > max) break;
+      i--;
+    }
+    return all.slice(i);
+  }
+
+  /** A frame could not be stored: its publisher, if still here, is closed with 1011. */
+  #onPublishFailed(channel: string, d: Delivery): void {
+    const ch = this.#channels.get(channel);
+    const slot = ch?.slots.get(d.source as Member);
+    if (ch && slot) this.#drop(ch, slot, CLOSE.storeFailed);
   }
 
   #onBusFrames(channel: string, deliveries: Delivery[]): void {

@@ -414,7 +414,9 @@ export class KvBus implements Bus {
     for (let attempt = 0;; attempt++) {
       this.#opts.metrics.kvCommits++;
       try {
+        const t0 = performance.now();
         const res = await build().commit();
+        this.#opts.metrics.observeCommit((performance.now() - t0) / 1000);
         if (res.ok) return;
       } catch (err) {
         this.#opts.metrics.kvCommitErrors++;
@@ -472,7 +474,9 @@ export class KvBus implements Bus {
       this.#opts.metrics.kvCommits++;
       let res: Deno.KvCommitResult | Deno.KvCommitError;
       try {
+        const t0 = performance.now();
         res = await op.commit();
+        this.#opts.metrics.observeCommit((performance.now() - t0) / 1000);
       } catch (err) {
         this.#opts.metrics.kvCommitErrors++;
         if (Date.now() > deadline) {

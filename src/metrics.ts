@@ -3,8 +3,11 @@
  * This isolate's counters, rendered in the Prometheus text format for
  * `GET /metrics`. Counters only go up; gauges are read from their owners at
  * render time. Every series carries `isolate` so scrapes of a deployment with
- * many isolates can be told apart. Imports nothing.
+ * many isolates can be told apart. The latency histogram comes from
+ * prom-client; plain counters stay plain fields (they sit on the per-frame
+ * path). Imports: npm:prom-client.
  */
+import { Histogram, Registry } from "prom-client";
 
 /** Monotonic counters, incremented where things happen. */
 export class Metrics {
@@ -22,8 +25,23 @@ export class Metrics {
   readonly rejected = new Map<string, number>();
   readonly dropped = new Map<string, number>();
 
+  readonly #registry = new Registry();
+  readonly #commitSeconds: Histogram;
+
   constructor(isolate: string) {
     this.isolate = isolate;
+    this.#registry.setDefaultLabels({ isolate });
+    this.#commitSeconds = new Histogram({
+      name: "mles_kv_commit_seconds",
+      help: "Latency of KV commits made by the bus (appends and chunk writes)",
+      buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
+      registers: [this.#registry],
+    });
+  }
+
+  /** Records one KV commit's latency. */
+  observeCommit(seconds: number): void {
+    this.#commitSeconds.observe(seconds);
   }
 
   /** Counts a refused join or frame by close code. */
@@ -39,7 +57,7 @@ export class Metrics {
   }
 
   /** Prometheus text exposition (version 0.0.4) with the given gauges appended. */
-  render(gauges: Record<string, { help: string; value: number }>): string {
+  async render(gauges: Record<string, { help: string; value: number }>): Promise<string> {
     const l = `isolate="${this.isolate}"`;
     const out: string[] = [];
     const counter = (name: string, help: string, value: number) => {
@@ -71,6 +89,6 @@ export class Metrics {
     for (const [name, g] of Object.entries(gauges)) {
       out.push(`# HELP ${name} ${g.help}`, `# TYPE ${name} gauge`, `${name}{${l}} ${g.value}`);
     }
-    return out.join("\n") + "\n";
+    return out.join("\n") + "\n" + await this.#registry.metrics();
   }
 }

@@ -13,6 +13,20 @@ import { Logger } from "./log.ts";
 import { MemoryBus } from "./memory_bus.ts";
 import { Metrics } from "./metrics.ts";
 
+const HEALTH_KEY: Deno.KvKey = ["mles", "health"];
+
+/** The server cannot start; the message names the setting and the cause (no stack needed). */
+export class StartError extends Error {
+  override name = "StartError";
+  constructor(message: string, cause?: unknown) {
+    super(message, { cause });
+  }
+}
+
+function text(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
 /** A running server: the request handler and its shutdown. */
 export interface Server {
   /** Handles one request (WebSocket upgrade, /healthz, /metrics, static files). */
@@ -44,16 +58,21 @@ export async function createServer(config: Config, deps: ServerDeps = {}): Promi
   const log = deps.log ?? new Logger(config.logLevel);
   let kv = deps.kv;
   const ownsKv = config.bus === "kv" && !kv;
+  const where = `MLES_KV=${JSON.stringify(config.kvPath ?? "(Deno's default location)")}`;
   if (ownsKv) {
     try {
       kv = await Deno.openKv(config.kvPath);
     } catch (err) {
-      throw new Error(
-        `Cannot start: cannot open Deno KV at MLES_KV=${
-          JSON.stringify(config.kvPath ?? "(default)")
-        }: ${err instanceof Error ? err.message : err}`,
-        { cause: err },
-      );
+      throw new StartError(`Cannot start: cannot open Deno KV at ${where}: ${text(err)}`, err);
+    }
+  }
+  if (config.bus === "kv") {
+    // A read-only file or a full disk opens fine and fails on the first write: find out now.
+    try {
+      await kv!.set(HEALTH_KEY, Date.now());
+    } catch (err) {
+      if (ownsKv) kv!.close();
+      throw new StartError(`Cannot start: Deno KV at ${where} is not writable: ${text(err)}`, err);
     }
   }
   const origin = crypto.randomUUID().slice(0, 8);
@@ -62,6 +81,7 @@ export async function createServer(config: Config, deps: ServerDeps = {}): Promi
     ? new KvBus(kv!, {
       historyLimit: config.historyLimit,
       ttlMs: config.channelTtlDays * 86_400_000,
+      storeTimeoutMs: config.storeTimeoutMs,
       origin,
       metrics,
       log,
@@ -71,6 +91,7 @@ export async function createServer(config: Config, deps: ServerDeps = {}): Promi
     maxBufferedBytes: config.maxBufferedBytes,
     onDrop: (c) => metrics.drop(c.code),
     onSent: (n) => metrics.framesOut += n,
+    historyMaxBytes: config.historyMaxBytes,
   });
   const http = createHttpHandler({
     session: {
@@ -84,6 +105,9 @@ export async function createServer(config: Config, deps: ServerDeps = {}): Promi
       },
     },
     metrics,
+    rateLimitPerMinute: config.rateLimitPerMinute,
+    maxConnections: config.maxConnections,
+    metricsToken: config.metricsToken,
     gauges: () => ({
       mles_sockets: { help: "Open WebSockets on this isolate", value: http.socketCount },
       mles_members: { help: "Members joined or joining on this isolate", value: hub.memberCount },
@@ -92,7 +116,7 @@ export async function createServer(config: Config, deps: ServerDeps = {}): Promi
     healthy: async () => {
       if (!kv) return true;
       try {
-        await kv.get(["mles", "health"]);
+        await kv.get(HEALTH_KEY);
         return true;
       } catch {
         return false;
@@ -123,7 +147,7 @@ export async function createServer(config: Config, deps: ServerDeps = {}): Promi
  * `deno serve` process holding a `kv.watch` did not exit on SIGTERM without
  * this). No-op where signals are not available (Deploy, workers).
  */
-export function shutdownOnSignals(server: Server, boundMs = 4_000): void {
+export function shutdownOnSignals(server: Server, boundMs: number): void {
   const stop = () => {
     const timer = setTimeout(() => Deno.exit(0), boundMs);
     server.close().finally(() => {

@@ -40,6 +40,29 @@ export function closeQuietly(socket: WebSocket, close: Close): void {
   }
 }
 
+/**
+ * A token bucket: `rate` per second, bursts up to one second's worth.
+ * `take(n)` is false once the client has sent more than it allows.
+ */
+class RateBucket {
+  readonly #rate: number;
+  #tokens: number;
+  #at = performance.now();
+
+  constructor(rate: number) {
+    this.#rate = rate;
+    this.#tokens = rate;
+  }
+
+  take(n: number): boolean {
+    const now = performance.now();
+    this.#tokens = Math.min(this.#rate, this.#tokens + ((now - this.#at) / 1000) * this.#rate);
+    this.#at = now;
+    this.#tokens -= n;
+    return this.#tokens >= 0;
+  }
+}
+
 function toFrame(data: unknown): Frame {
   if (typeof data === "string") return { kind: "text", data };
   if (data instanceof ArrayBuffer) return { kind: "binary", data: new Uint8Array(data) };
@@ -62,6 +85,8 @@ export function runSession(socket: WebSocket, ctx: SessionContext, peer: string)
   let identity: string | undefined;
   let membership: Membership | undefined;
   let early: Frame[] = [];
+  const frameRate = config.maxFramesPerS > 0 ? new RateBucket(config.maxFramesPerS) : undefined;
+  const byteRate = config.maxBytesPerS > 0 ? new RateBucket(config.maxBytesPerS) : undefined;
 
   const member: Member = {
     send: (frame) => socket.send(frame.data as string),
@@ -116,11 +141,19 @@ export function runSession(socket: WebSocket, ctx: SessionContext, peer: string)
     const frame = toFrame(ev.data);
     if (state === "header") return onFirstFrame(frame);
     if (state === "closed") return;
+    let refused: Close | undefined;
     if (exceedsBytes(frame, config.maxFrameBytes)) {
-      const close = CLOSE.frameTooBig(frameSize(frame), config.maxFrameBytes);
-      log.warn("frame refused", { peer, code: close.code, reason: close.reason });
-      ctx.onReject?.(close);
-      return closeQuietly(socket, close);
+      refused = CLOSE.frameTooBig(frameSize(frame), config.maxFrameBytes);
+    } else if (frameRate && !frameRate.take(1)) {
+      refused = CLOSE.tooManyFrames(config.maxFramesPerS);
+    } else if (byteRate && !byteRate.take(frameSize(frame))) {
+      refused = CLOSE.tooManyBytes(config.maxBytesPerS);
+    }
+    if (refused) {
+      log.warn("frame refused", { peer, code: refused.code, reason: refused.reason });
+      ctx.onReject?.(refused);
+      end();
+      return closeQuietly(socket, refused);
     }
     if (state === "joining") {
       early.push(frame);
@@ -130,15 +163,16 @@ export function runSession(socket: WebSocket, ctx: SessionContext, peer: string)
     membership!.publish(frame);
   };
 
-  const end = () => {
-    if (state === "closed") return;
+  function end() {
+    if (state === "closed" && membership === undefined && identity === undefined) return;
     state = "closed";
     clearTimeout(headerTimer);
     membership?.leave();
     membership = undefined;
     early = [];
     if (identity !== undefined) hub.release(identity);
-  };
+    identity = undefined;
+  }
   socket.onclose = end;
   socket.onerror = end;
 }
