@@ -96,10 +96,25 @@ export function runSession(socket: WebSocket, ctx: SessionContext, peer: string)
     close: (close) => closeQuietly(socket, close),
   };
 
+  // Closing a TCP socket that still has unread input makes the kernel send a
+  // reset, and the client never sees the close frame with its reason. So a
+  // client refused mid-stream is drained first: its further frames are read
+  // and dropped, and the close goes out once it has been quiet for a moment.
+  let drain: { timer: ReturnType<typeof setTimeout>; close: Close; until: number } | undefined;
+  const closeAfterDrain = (close: Close) => {
+    drain = { close, until: Date.now() + 1000, timer: setTimeout(() => flushDrain(), 50) };
+  };
+  const flushDrain = () => {
+    if (!drain) return;
+    clearTimeout(drain.timer);
+    closeQuietly(socket, drain.close);
+    drain = undefined;
+  };
+
   const reject = (close: Close, uid?: string, channel?: string) => {
     log.warn("connection refused", { peer, code: close.code, reason: close.reason, uid, channel });
     ctx.onReject?.(close);
-    closeQuietly(socket, close);
+    closeAfterDrain(close);
   };
 
   const headerTimer = setTimeout(() => {
@@ -138,6 +153,12 @@ export function runSession(socket: WebSocket, ctx: SessionContext, peer: string)
   };
 
   socket.onmessage = (ev: MessageEvent) => {
+    if (drain) {
+      clearTimeout(drain.timer);
+      if (Date.now() >= drain.until) return flushDrain();
+      drain.timer = setTimeout(() => flushDrain(), 50);
+      return;
+    }
     const frame = toFrame(ev.data);
     if (state === "header") return onFirstFrame(frame);
     if (state === "closed") return;
@@ -153,7 +174,7 @@ export function runSession(socket: WebSocket, ctx: SessionContext, peer: string)
       log.warn("frame refused", { peer, code: refused.code, reason: refused.reason });
       ctx.onReject?.(refused);
       end();
-      return closeQuietly(socket, refused);
+      return closeAfterDrain(refused);
     }
     if (state === "joining") {
       early.push(frame);
@@ -173,6 +194,11 @@ export function runSession(socket: WebSocket, ctx: SessionContext, peer: string)
     if (identity !== undefined) hub.release(identity);
     identity = undefined;
   }
-  socket.onclose = end;
-  socket.onerror = end;
+  const ended = () => {
+    if (drain) clearTimeout(drain.timer);
+    drain = undefined;
+    end();
+  };
+  socket.onclose = ended;
+  socket.onerror = ended;
 }

@@ -1,0 +1,86 @@
+/** Limits (issue: hardening): each refuses the excess clearly and harms nobody else. */
+import assert from "node:assert/strict";
+import { header, joinInOrder, startServer, TestClient } from "./_helpers.ts";
+
+async function upgradeStatus(port: number): Promise<string> {
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+  await conn.write(new TextEncoder().encode(
+    [
+      "GET / HTTP/1.1",
+      `Host: 127.0.0.1:${port}`,
+      "Upgrade: websocket",
+      "Connection: Upgrade",
+      "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+      "Sec-WebSocket-Version: 13",
+      "Sec-WebSocket-Protocol: mles-websocket",
+    ].join("\r\n") + "\r\n\r\n",
+  ));
+  const buf = new Uint8Array(2048);
+  const n = await conn.read(buf);
+  conn.close();
+  return new TextDecoder().decode(buf.subarray(0, n ?? 0));
+}
+
+Deno.test("limits: new connections per IP over MLES_RATE_LIMIT are refused with 429 before upgrade", async () => {
+  await using s = await startServer({ env: { MLES_RATE_LIMIT: "3" } });
+  const ok = [];
+  for (let i = 0; i < 3; i++) ok.push(await TestClient.open(s.wsUrl));
+  const res = await upgradeStatus(s.port);
+  assert.match(res, /^HTTP\/1\.1 429/);
+  assert.match(res, /retry-after: 60/i);
+  assert.match(res, /Too many connections: limit is 3 per minute per address/);
+  assert.equal(s.server.metrics.rejected.get("429"), 1);
+  await Promise.all(ok.map((c) => c.close()));
+});
+
+Deno.test("limits: a connection sending more than MLES_MAX_FRAMES_PER_S is closed 1008; others go on", async () => {
+  await using s = await startServer({ env: { MLES_MAX_FRAMES_PER_S: "20" } });
+  await using g = await joinInOrder(s, header("flood", "r"), header("calm", "r"), header("b", "r"));
+  const [flood, calm, b] = g.clients;
+  await b.take(2);
+  for (let i = 0; i < 50; i++) flood.send(`f${i}`);
+  assert.deepEqual(await flood.waitClosed(), {
+    code: 1008,
+    reason: "Too many frames: limit is 20 per second",
+  });
+  calm.send("calm");
+  let f = await b.next();
+  while (f !== "calm") f = await b.next(); // b got the flood's first frames, then calm's
+  assert.equal(f, "calm");
+});
+
+Deno.test("limits: a connection sending more than MLES_MAX_BYTES_PER_S is closed 1008", async () => {
+  await using s = await startServer({ env: { MLES_MAX_BYTES_PER_S: "10000" } });
+  await using g = await joinInOrder(s, header("big", "rb"));
+  const [big] = g.clients;
+  for (let i = 0; i < 5; i++) big.send(new Uint8Array(4000));
+  assert.deepEqual(await big.waitClosed(), {
+    code: 1008,
+    reason: "Too many bytes: limit is 10000 per second",
+  });
+});
+
+Deno.test("limits: connections beyond MLES_MAX_CONNECTIONS are refused with 503", async () => {
+  await using s = await startServer({ env: { MLES_MAX_CONNECTIONS: "2" } });
+  await using a = await TestClient.open(s.wsUrl);
+  await using b = await TestClient.open(s.wsUrl);
+  assert.match(await upgradeStatus(s.port), /^HTTP\/1\.1 503[\s\S]*limit is 2 here/);
+  await b.close();
+  await new Promise((r) => setTimeout(r, 50));
+  await using c = await TestClient.open(s.wsUrl);
+  assert.equal(c.ws.readyState, WebSocket.OPEN);
+  assert.equal(a.ws.readyState, WebSocket.OPEN);
+});
+
+Deno.test("limits: history replayed to a newcomer stays within MLES_HISTORY_MAX_BYTES", async () => {
+  await using s = await startServer({ env: { MLES_HISTORY_MAX_BYTES: "100" } });
+  await using g = await joinInOrder(s, header("a", "hb"), header("w", "hb"));
+  const [a, w] = g.clients;
+  await w.take(1);
+  for (let i = 0; i < 5; i++) a.send(`${i}`.repeat(40));
+  await w.take(5);
+  await using late = await TestClient.open(s.wsUrl, header("late", "hb"));
+  assert.deepEqual(await late.take(2), ["3".repeat(40), "4".repeat(40)]);
+  a.send("live");
+  assert.equal(await late.next(), "live");
+});
