@@ -52,6 +52,14 @@ export interface Config {
   readonly storeTimeoutMs: number;
   /** Shutdown finishes (or is cut short) within this many ms. */
   readonly shutdownTimeoutMs: number;
+  /** Peer Mles servers (ws:// or wss:// URLs) to bridge channels with. */
+  readonly peers: string[];
+  /** Channels to bridge with every peer, or "*" = every channel with local members. */
+  readonly peerChannels: string[] | "*";
+  /** The peers' MLES_KEY, for the bridge's auth value. */
+  readonly peerKey: string | undefined;
+  /** This server's bridge uid on peers (starts with "mles-peer-"). */
+  readonly peerUid: string | undefined;
 }
 
 /** A configuration value that cannot be used; the message names the variable. */
@@ -126,6 +134,45 @@ const schema = z.object({
   MLES_TLS_KEY: optionalText,
   MLES_STORE_TIMEOUT_MS: int("MLES_STORE_TIMEOUT_MS", 100, 3_600_000, 30_000),
   MLES_SHUTDOWN_TIMEOUT_MS: int("MLES_SHUTDOWN_TIMEOUT_MS", 100, 600_000, 5_000),
+  MLES_PEERS: z.string().optional().transform((raw, ctx) => {
+    const list = (raw ?? "").split(",").map((u) => u.trim()).filter((u) => u !== "");
+    for (const u of list) {
+      let ok = false;
+      try {
+        ok = ["ws:", "wss:"].includes(new URL(u).protocol);
+      } catch { /* reported below */ }
+      if (!ok) {
+        ctx.addIssue({
+          code: "custom",
+          message: `MLES_PEERS must be comma-separated ws:// or wss:// URLs: ${
+            JSON.stringify(u)
+          } is not one`,
+        });
+        return z.NEVER;
+      }
+    }
+    return list;
+  }),
+  MLES_PEER_CHANNELS: z.string().optional().transform((raw): string[] | "*" => {
+    const v = (raw ?? "").trim();
+    if (v === "*" || v === "") return "*";
+    return v.split(",").map((c) => c.trim()).filter((c) => c !== "");
+  }),
+  MLES_PEER_KEY: optionalText,
+  MLES_PEER_UID: z.string().optional().transform((raw, ctx) => {
+    if (raw === undefined || raw === "") return undefined;
+    if (!raw.startsWith("mles-peer-") || !/^[\x21-\x7e]+$/.test(raw)) {
+      ctx.addIssue({
+        code: "custom",
+        message:
+          `MLES_PEER_UID must be printable ASCII starting with "mles-peer-": current value is ${
+            JSON.stringify(raw)
+          }`,
+      });
+      return z.NEVER;
+    }
+    return raw;
+  }),
 });
 
 /**
@@ -174,6 +221,10 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     tlsKey: e.MLES_TLS_KEY,
     storeTimeoutMs: e.MLES_STORE_TIMEOUT_MS,
     shutdownTimeoutMs: e.MLES_SHUTDOWN_TIMEOUT_MS,
+    peers: e.MLES_PEERS,
+    peerChannels: e.MLES_PEER_CHANNELS,
+    peerKey: e.MLES_PEER_KEY,
+    peerUid: e.MLES_PEER_UID,
   });
 }
 

@@ -8,6 +8,13 @@ import { z } from "zod";
 import { CLOSE, type Close } from "./close.ts";
 import { exceedsBytes, type Frame, utf8Length } from "./frame.ts";
 
+/**
+ * Uids starting with this belong to peering bridges of other servers (a
+ * naming convention, invisible to other clients): frames from them pass the
+ * server's duplicate window so a ring of servers never loops.
+ */
+export const PEER_UID_PREFIX = "mles-peer-";
+
 /** A valid Mles header. `text` is the exact JSON text the client sent. */
 export interface Header {
   readonly uid: string;

@@ -54,6 +54,8 @@ export interface HttpContext {
   readonly metricsToken: string | undefined;
   /** True when the history store answers. */
   readonly healthy: () => Promise<boolean>;
+  /** Peering bridges and their states, shown by /healthz. */
+  readonly peers?: () => { peer: string; channel: string; state: string }[] | undefined;
   /** Serves a file for GET/HEAD, or undefined when there is none. */
   readonly staticFiles?: (req: Request) => Promise<Response | undefined>;
 }
@@ -132,7 +134,9 @@ export function createHttpHandler(ctx: HttpContext): HttpHandler {
     if (req.method === "GET" || req.method === "HEAD") {
       if (pathname === "/healthz") {
         const ok = await ctx.healthy();
-        return Response.json({ status: ok ? "ok" : "unavailable", kv: ok }, {
+        const peers = ctx.peers?.();
+        const body = { status: ok ? "ok" : "unavailable", kv: ok, ...(peers ? { peers } : {}) };
+        return Response.json(body, {
           status: ok ? 200 : 503,
           headers: { "cache-control": "no-store" },
         });

@@ -32,6 +32,22 @@ export interface HubOptions {
   readonly onSent?: (frames: number) => void;
   /** Bytes of history replayed to a newcomer at most (oldest dropped first); 0 = no bound. */
   readonly historyMaxBytes?: number;
+  /**
+   * Called when a channel gets its first client member on this isolate
+   * (`true`) and when it loses its last (`false`). Members joined with
+   * `bridge: true` do not count.
+   */
+  readonly onChannelActive?: (channel: string, active: boolean) => void;
+}
+
+/** How a member joins. */
+export interface JoinOptions {
+  /** The client's header frame, appended to history (not sent live) once joined. */
+  readonly header?: Frame;
+  /** Receives the history instead of the member's `send` (peering prefills its window). */
+  readonly onHistory?: (frames: Frame[]) => void;
+  /** A peering bridge, not a client: not counted by `onChannelActive`. */
+  readonly bridge?: boolean;
 }
 
 /** A member's place in a channel, returned by {@link Hub.join}. */
@@ -49,11 +65,14 @@ interface Slot {
   left: boolean;
   /** Join completed (counted in joinedCount). */
   live: boolean;
+  readonly bridge: boolean;
 }
 
 interface Channel {
   readonly name: string;
   readonly slots: Map<Member, Slot>;
+  /** Slots that are clients, not bridges. */
+  clients: number;
   /** Settles when the bus follows this channel. */
   readonly ready: Promise<void>;
 }
@@ -117,28 +136,39 @@ export class Hub {
   /**
    * Joins `member` to `channel`: sends it the channel's history (oldest
    * first), then every frame published after that point exactly once, then
-   * appends `header` to history without delivering it live (SPEC section 3).
+   * appends `options.header` to history without delivering it live (SPEC
+   * section 3).
    * Resolves undefined if the member left meanwhile. Rejects, with the
    * channel in the message, if history cannot be read; the member is then
    * not in the channel.
    */
-  async join(member: Member, channel: string, header: Frame): Promise<Membership | undefined> {
+  async join(
+    member: Member,
+    channel: string,
+    options: JoinOptions = {},
+  ): Promise<Membership | undefined> {
     let ch = this.#channels.get(channel);
     if (!ch) {
-      ch = { name: channel, slots: new Map(), ready: this.#bus.subscribe(channel) };
+      ch = { name: channel, slots: new Map(), clients: 0, ready: this.#bus.subscribe(channel) };
       this.#channels.set(channel, ch);
       ch.ready.catch(() => {}); // observed below by every joiner
     }
-    const slot: Slot = { member, buffer: [], left: false, live: false };
+    const bridge = options.bridge ?? false;
+    const slot: Slot = { member, buffer: [], left: false, live: false, bridge };
     ch.slots.set(member, slot);
     this.#members++;
+    if (!bridge && ch.clients++ === 0) this.#opts.onChannelActive?.(channel, true);
     try {
       await ch.ready;
       if (slot.left) return undefined;
       const history = await this.#bus.history(channel);
       if (slot.left) return undefined;
-      for (const d of this.#boundBytes(history.deliveries)) {
-        if (!this.#deliver(ch, slot, d.frame)) return undefined;
+      const replay = this.#boundBytes(history.deliveries);
+      if (options.onHistory) options.onHistory(replay.map((d) => d.frame));
+      else {
+        for (const d of replay) {
+          if (!this.#deliver(ch, slot, d.frame)) return undefined;
+        }
       }
       const buffered = slot.buffer!;
       slot.buffer = null;
@@ -157,7 +187,9 @@ export class Hub {
         cause: err,
       });
     }
-    this.#bus.publish(channel, { id: this.#newId(), frame: header, historyOnly: true });
+    if (options.header) {
+      this.#bus.publish(channel, { id: this.#newId(), frame: options.header, historyOnly: true });
+    }
     slot.live = true;
     this.#joined++;
     const joined = ch;
@@ -243,6 +275,7 @@ export class Hub {
     ch.slots.delete(slot.member);
     this.#members--;
     if (slot.live) this.#joined--;
+    if (!slot.bridge && --ch.clients === 0) this.#opts.onChannelActive?.(ch.name, false);
     if (ch.slots.size === 0 && this.#channels.get(ch.name) === ch) {
       this.#channels.delete(ch.name);
       this.#bus.unsubscribe(ch.name);

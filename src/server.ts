@@ -12,6 +12,8 @@ import { KvBus } from "./kv_bus.ts";
 import { Logger } from "./log.ts";
 import { MemoryBus } from "./memory_bus.ts";
 import { Metrics } from "./metrics.ts";
+import { Dedupe } from "./dedupe.ts";
+import { KvLease, Peering } from "./peer.ts";
 
 const HEALTH_KEY: Deno.KvKey = ["mles", "health"];
 
@@ -39,6 +41,8 @@ export interface Server {
   close(): Promise<void>;
   readonly hub: Hub;
   readonly metrics: Metrics;
+  /** Bridges to peer servers, when MLES_PEERS is set. */
+  readonly peering: Peering | undefined;
 }
 
 /** Things a caller may supply instead of letting the server open them. */
@@ -87,7 +91,10 @@ export async function createServer(config: Config, deps: ServerDeps = {}): Promi
       log,
     })
     : new MemoryBus(config.historyLimit);
+  const peerWindow = new Dedupe();
+  let peering: Peering | undefined;
   const hub = new Hub(bus, {
+    onChannelActive: (channel, active) => peering?.channelActive(channel, active),
     maxBufferedBytes: config.maxBufferedBytes,
     onDrop: (c) => metrics.drop(c.code),
     onSent: (n) => metrics.framesOut += n,
@@ -103,6 +110,7 @@ export async function createServer(config: Config, deps: ServerDeps = {}): Promi
         metrics.framesIn++;
         metrics.bytesIn += bytes;
       },
+      peerDuplicate: (f) => peerWindow.seen(f.kind, f.data),
     },
     metrics,
     rateLimitPerMinute: config.rateLimitPerMinute,
@@ -123,15 +131,31 @@ export async function createServer(config: Config, deps: ServerDeps = {}): Promi
       }
     },
     staticFiles: deps.staticFiles,
+    peers: () => peering?.states,
   });
+
+  if (config.peers.length > 0) {
+    peering = new Peering({
+      peers: config.peers,
+      channels: config.peerChannels,
+      peerKey: config.peerKey,
+      uid: config.peerUid ?? `mles-peer-${origin}`,
+      hub,
+      log,
+      lease: kv && config.bus === "kv" ? new KvLease(kv, origin) : undefined,
+      window: peerWindow,
+    });
+  }
 
   let closed: Promise<void> | undefined;
   return {
     fetch: http.fetch,
     hub,
     metrics,
+    peering,
     close() {
       closed ??= (async () => {
+        await peering?.close();
         http.closeSockets();
         await bus.close();
         if (ownsKv) kv!.close();

@@ -11,7 +11,7 @@ import { verifyAuth } from "./auth.ts";
 import { CLOSE, type Close } from "./close.ts";
 import type { Config } from "./config.ts";
 import { exceedsBytes, type Frame, utf8Length } from "./frame.ts";
-import { parseHeader } from "./header.ts";
+import { parseHeader, PEER_UID_PREFIX } from "./header.ts";
 import type { Hub, Member, Membership } from "./hub.ts";
 import type { Logger } from "./log.ts";
 
@@ -24,6 +24,8 @@ export interface SessionContext {
   readonly onReject?: (close: Close) => void;
   /** Counts a frame received from a joined client (metrics). */
   readonly onFrame?: (bytes: number) => void;
+  /** True if a frame from a peering bridge already entered this server (drop it). */
+  readonly peerDuplicate?: (frame: Frame) => boolean;
 }
 
 /**
@@ -85,6 +87,7 @@ export function runSession(socket: WebSocket, ctx: SessionContext, peer: string)
   let identity: string | undefined;
   let membership: Membership | undefined;
   let early: Frame[] = [];
+  let fromPeer = false;
   const frameRate = config.maxFramesPerS > 0 ? new RateBucket(config.maxFramesPerS) : undefined;
   const byteRate = config.maxBytesPerS > 0 ? new RateBucket(config.maxBytesPerS) : undefined;
 
@@ -117,6 +120,11 @@ export function runSession(socket: WebSocket, ctx: SessionContext, peer: string)
     closeAfterDrain(close);
   };
 
+  const publish = (m: Membership, frame: Frame) => {
+    if (fromPeer && ctx.peerDuplicate?.(frame)) return;
+    m.publish(frame);
+  };
+
   const headerTimer = setTimeout(() => {
     if (state === "header") reject(CLOSE.headerTimeout(config.headerTimeoutMs));
   }, config.headerTimeoutMs);
@@ -136,8 +144,9 @@ export function runSession(socket: WebSocket, ctx: SessionContext, peer: string)
     const id = `${h.uid}\0${h.channel}\0${h.auth ?? ""}`;
     if (!hub.claim(id)) return reject(CLOSE.duplicateSession, h.uid, h.channel);
     identity = id;
+    fromPeer = h.uid.startsWith(PEER_UID_PREFIX);
     state = "joining";
-    hub.join(member, h.channel, frame).then((m) => {
+    hub.join(member, h.channel, { header: frame }).then((m) => {
       if (!m) return;
       if (state !== "joining") return m.leave();
       membership = m;
@@ -145,7 +154,7 @@ export function runSession(socket: WebSocket, ctx: SessionContext, peer: string)
       log.info("joined", { peer, uid: h.uid, channel: h.channel });
       const queued = early;
       early = [];
-      for (const f of queued) m.publish(f);
+      for (const f of queued) publish(m, f);
     }, (err) => {
       log.error("join failed", { peer, uid: h.uid, channel: h.channel, error: err });
       closeQuietly(socket, CLOSE.storeFailed);
@@ -181,7 +190,7 @@ export function runSession(socket: WebSocket, ctx: SessionContext, peer: string)
       return;
     }
     ctx.onFrame?.(frame.kind === "binary" ? frame.data.byteLength : frame.data.length);
-    membership!.publish(frame);
+    publish(membership!, frame);
   };
 
   function end() {

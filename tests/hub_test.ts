@@ -56,7 +56,7 @@ Deno.test("join: frames stored up to the history point come from history only, l
   const bus = new ScriptedBus();
   const hub = new Hub(bus, { maxBufferedBytes: 1e9 });
   const m = new Recorder();
-  const joining = hub.join(m, "c", t("hdr"));
+  const joining = hub.join(m, "c", { header: t("hdr") });
   await tick();
   // While history is read, remote frames 4 and 5 arrive live; history ends at 4.
   bus.handler.onFrames("c", [d("r.4", "four", 4), d("r.5", "five", 5)]);
@@ -74,12 +74,12 @@ Deno.test("join: a local frame published during the join is sent once, whether h
   const bus = new ScriptedBus();
   const hub = new Hub(bus, { maxBufferedBytes: 1e9 });
   const a = new Recorder();
-  const ja = hub.join(a, "c", t("hdr-a"));
+  const ja = hub.join(a, "c", { header: t("hdr-a") });
   await tick();
   bus.pendingHistory[0].resolve({ deliveries: [], lastSeq: 0 });
   const pa = (await ja)!;
   const b = new Recorder();
-  const jb = hub.join(b, "c", t("hdr-b"));
+  const jb = hub.join(b, "c", { header: t("hdr-b") });
   await tick();
   pa.publish(t("x")); // not stored yet: b buffers it
   pa.publish(t("y"));
@@ -95,12 +95,12 @@ Deno.test("join: a local frame read as part of the history snapshot is not sent 
   const bus = new ScriptedBus();
   const hub = new Hub(bus, { maxBufferedBytes: 1e9 });
   const a = new Recorder();
-  const ja = hub.join(a, "c", t("hdr-a"));
+  const ja = hub.join(a, "c", { header: t("hdr-a") });
   await tick();
   bus.pendingHistory[0].resolve({ deliveries: [], lastSeq: 0 });
   const pa = (await ja)!;
   const b = new Recorder();
-  const jb = hub.join(b, "c", t("hdr-b"));
+  const jb = hub.join(b, "c", { header: t("hdr-b") });
   await tick();
   pa.publish(t("z")); // history snapshot includes it by id, seq not known yet
   const z = bus.published.at(-1)!;
@@ -113,7 +113,7 @@ Deno.test("join: the header goes to history only, after the newcomer's history",
   const bus = new ScriptedBus();
   const hub = new Hub(bus, { maxBufferedBytes: 1e9 });
   const a = new Recorder();
-  const ja = hub.join(a, "c", t("hdr-a"));
+  const ja = hub.join(a, "c", { header: t("hdr-a") });
   await tick();
   bus.pendingHistory[0].resolve({ deliveries: [d("o.1", "old", 1)], lastSeq: 1 });
   await ja;
@@ -128,7 +128,7 @@ Deno.test("fan-out: a member whose send throws is dropped with 1011 and the othe
   const hub = new Hub(bus, { maxBufferedBytes: 1e9 });
   const [a, bad, c] = [new Recorder(), new Recorder(), new Recorder()];
   for (const m of [a, bad, c]) {
-    const j = hub.join(m, "c", t("h"));
+    const j = hub.join(m, "c", { header: t("h") });
     await tick();
     bus.pendingHistory.at(-1)!.resolve({ deliveries: [], lastSeq: 0 });
     await j;
@@ -146,7 +146,7 @@ Deno.test("fan-out: a member over the buffered-bytes limit is dropped with 1013,
   const hub = new Hub(bus, { maxBufferedBytes: 100 });
   const [a, slow] = [new Recorder(), new Recorder()];
   for (const m of [a, slow]) {
-    const j = hub.join(m, "c", t("h"));
+    const j = hub.join(m, "c", { header: t("h") });
     await tick();
     bus.pendingHistory.at(-1)!.resolve({ deliveries: [], lastSeq: 0 });
     await j;

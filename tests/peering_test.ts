@@ -1,0 +1,208 @@
+/**
+ * Servers working together (SPEC section 6): real server processes with
+ * separate KV files, peered over loopback.
+ */
+import assert from "node:assert/strict";
+import { header, type Received, startServer, TestClient, waitFor } from "./_helpers.ts";
+
+const root = new URL("..", import.meta.url).pathname;
+
+async function freePort(): Promise<number> {
+  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (l.addr as Deno.NetAddr).port;
+  l.close();
+  return port;
+}
+
+interface Proc {
+  port: number;
+  url: string;
+  child: Deno.ChildProcess;
+  log: string[];
+  stop(): Promise<void>;
+}
+
+async function startProc(port: number, env: Record<string, string>): Promise<Proc> {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["task", "--quiet", "start"],
+    cwd: root,
+    env: { PORT: String(port), NO_COLOR: "1", MLES_LOG_LEVEL: "info", ...env },
+    stdout: "null",
+    stderr: "piped",
+  }).spawn();
+  const log: string[] = [];
+  const listening = Promise.withResolvers<void>();
+  (async () => {
+    let rest = "";
+    for await (const chunk of child.stderr.pipeThrough(new TextDecoderStream())) {
+      rest += chunk;
+      const lines = rest.split("\n");
+      rest = lines.pop()!;
+      for (const l of lines) {
+        log.push(l);
+        if (l.includes("listening on")) listening.resolve();
+      }
+    }
+    listening.reject(new Error(`server on ${port} ended: ${log.join("\n")}`));
+  })();
+  await listening.promise;
+  return {
+    port,
+    url: `ws://127.0.0.1:${port}/`,
+    child,
+    log,
+    async stop() {
+      try {
+        child.kill("SIGTERM");
+      } catch { /* gone */ }
+      await child.status;
+    },
+  };
+}
+
+async function health(p: { port: number }) {
+  const r = await fetch(`http://127.0.0.1:${p.port}/healthz`);
+  return await r.json();
+}
+
+async function bridgesUp(procs: Proc[]) {
+  await waitFor(() => false, "never", 0).catch(() => {});
+  for (const p of procs) {
+    for (let i = 0; i < 200; i++) {
+      const h = await health(p);
+      if (h.peers?.length && h.peers.every((b: { state: string }) => b.state === "connected")) {
+        break;
+      }
+      await new Promise((r) => setTimeout(r, 50));
+      if (i === 199) throw new Error(`bridges of ${p.port} not connected: ${JSON.stringify(h)}`);
+    }
+  }
+}
+
+const isData = (f: Received): f is string => typeof f === "string" && f.startsWith('{"p"');
+
+async function collect(c: TestClient, until: (data: string[]) => boolean, ms = 15_000) {
+  const data: string[] = [];
+  const deadline = Date.now() + ms;
+  while (!until(data)) {
+    const f = await c.next(Math.max(1, deadline - Date.now()));
+    if (isData(f)) data.push(f);
+  }
+  // A duplicate arriving late shows up here.
+  try {
+    for (;;) {
+      const f = await c.next(400);
+      if (isData(f)) data.push(f);
+    }
+  } catch { /* quiet */ }
+  return data;
+}
+
+function ring(ports: number[], dir: string, name: string[]) {
+  return ports.map((_, i) => ({
+    MLES_KV: `${dir}/${name[i]}.sqlite3`,
+    MLES_PEERS: `ws://127.0.0.1:${ports[(i + 1) % ports.length]}/`,
+    MLES_PEER_CHANNELS: "ring",
+    MLES_PEER_UID: `mles-peer-${name[i]}`,
+    MLES_HISTORY_LIMIT: "1000",
+  }));
+}
+
+Deno.test("peering: three servers in a ring deliver every frame once to every member; histories match; a restarted server is resynchronized", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "mles-ring-" });
+  const names = ["A", "B", "C"];
+  const ports = [await freePort(), await freePort(), await freePort()];
+  const envs = ring(ports, dir, names);
+  const procs = await Promise.all(ports.map((p, i) => startProc(p, envs[i])));
+  try {
+    await bridgesUp(procs);
+    const members = await Promise.all(
+      procs.map((p, i) => TestClient.open(p.url, header(`m${names[i]}`, "ring"))),
+    );
+    await new Promise((r) => setTimeout(r, 200));
+    const per = 30;
+    members.forEach((m, i) => {
+      for (let n = 0; n < per; n++) m.send(JSON.stringify({ p: names[i], n }));
+    });
+    await Promise.all(members.map(async (m, i) => {
+      const got = await collect(m, (d) => d.length >= per * 2);
+      assert.equal(got.length, per * 2, `m${names[i]} got each frame once (${got.length})`);
+      const last = new Map<string, number>();
+      for (const f of got) {
+        const { p, n } = JSON.parse(f);
+        assert.notEqual(p, names[i], "never echoed back through the ring");
+        assert.equal(n, (last.get(p) ?? -1) + 1, `order from ${p}`);
+        last.set(p, n);
+      }
+    }));
+    // Histories hold the same frames on all three, each once.
+    const histories: string[][] = [];
+    for (const p of procs) {
+      const late = await TestClient.open(p.url, header(`late${p.port}`, "ring"));
+      histories.push((await collect(late, (d) => d.length >= per * 3)).sort());
+      await late.close();
+    }
+    assert.equal(histories[0].length, per * 3);
+    assert.deepEqual(histories[1], histories[0]);
+    assert.deepEqual(histories[2], histories[0]);
+
+    // Kill C; publish on A and B; restart C: it catches up from its peers, no duplicates.
+    await members[2].close();
+    await procs[2].stop();
+    members[0].send(JSON.stringify({ p: "A", n: per }));
+    members[1].send(JSON.stringify({ p: "B", n: per }));
+    await collect(members[1], (d) => d.includes(JSON.stringify({ p: "A", n: per })));
+    procs[2] = await startProc(ports[2], envs[2]);
+    await bridgesUp(procs);
+    const lateC = await TestClient.open(procs[2].url, header("lateC2", "ring"));
+    const hist = await collect(lateC, (d) => d.length >= per * 3 + 2);
+    assert.equal(hist.length, per * 3 + 2, "C's history: everything once");
+    assert.equal(new Set(hist).size, hist.length);
+    await lateC.close();
+    await Promise.all(members.slice(0, 2).map((m) => m.close()));
+  } finally {
+    await Promise.all(procs.map((p) => p.stop()));
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("peering: a peer that is down or refuses auth is retried, logged once per state change, and never slows local delivery", async () => {
+  const deadPort = await freePort();
+  const keyed = await startServer({ env: { MLES_KEY: "their-key" } });
+  const port = await freePort();
+  const p = await startProc(port, {
+    MLES_KV: ":memory:",
+    MLES_PEERS: `ws://127.0.0.1:${deadPort}/,${keyed.wsUrl}`,
+    MLES_PEER_CHANNELS: "local",
+    MLES_PEER_KEY: "wrong-key",
+    MLES_PEER_UID: "mles-peer-test",
+  });
+  try {
+    const a = await TestClient.open(p.url, header("a", "local"));
+    const b = await TestClient.open(p.url, header("b", "local"));
+    const t0 = performance.now();
+    for (let i = 0; i < 100; i++) a.send(`x${i}`);
+    const got: Received[] = [];
+    while (got.length < 100) {
+      const f = await b.next();
+      if (typeof f === "string" && f.startsWith("x")) got.push(f);
+    }
+    assert.deepEqual(got, Array.from({ length: 100 }, (_, i) => `x${i}`));
+    const ms = performance.now() - t0;
+    assert.ok(ms < 2000, `100 local frames took ${ms} ms with dead peers`);
+    await new Promise((r) => setTimeout(r, 3000)); // several retries of each bridge
+    const states = (await health(p)).peers.map((x: { state: string }) => x.state).sort();
+    assert.deepEqual(states, ["down", "refused"]);
+    const down = p.log.filter((l) => l.includes('"peer bridge down"'));
+    const refused = p.log.filter((l) => l.includes('"peer bridge refused"'));
+    assert.equal(down.length, 1, `logged once: ${down.join("\n")}`);
+    assert.ok(refused.length >= 1 && refused.length <= 2, refused.join("\n"));
+    assert.ok(refused[0].includes("auth does not match"), "the refusal reason is logged");
+    assert.ok(!p.log.some((l) => l.includes("wrong-key")), "the key is never logged");
+    await a.close();
+    await b.close();
+  } finally {
+    await p.stop();
+    await keyed.close();
+  }
+});
