@@ -206,3 +206,27 @@ Deno.test("peering: a peer that is down or refuses auth is retried, logged once 
     await keyed.close();
   }
 });
+
+Deno.test("peering: with several isolates on one KV, exactly one bridge per (peer, channel) runs", async () => {
+  await using peer = await startServer();
+  const { startIsolates } = await import("./_helpers.ts");
+  await using iso = await startIsolates(3, {
+    MLES_PEERS: peer.wsUrl,
+    MLES_PEER_CHANNELS: "leased",
+    MLES_PEER_UID: "mles-peer-iso",
+  });
+  // The peer sees one bridge client in "leased", however many isolates there are.
+  await waitFor(() => peer.server.hub.joinedCount === 1, "one bridge joined on the peer");
+  await new Promise((r) => setTimeout(r, 1500));
+  assert.equal(peer.server.hub.joinedCount, 1, "still one bridge");
+  // And it carries frames both ways, once.
+  await using local = await TestClient.open(iso.isolates[2].wsUrl, header("local", "leased"));
+  await using remote = await TestClient.open(peer.wsUrl, header("remote", "leased"));
+  await new Promise((r) => setTimeout(r, 300));
+  local.send('{"p":"local","n":0}');
+  remote.send('{"p":"remote","n":0}');
+  const atRemote = await collect(remote, (d) => d.length >= 1);
+  const atLocal = await collect(local, (d) => d.length >= 1);
+  assert.deepEqual(atRemote, ['{"p":"local","n":0}']);
+  assert.deepEqual(atLocal, ['{"p":"remote","n":0}']);
+});
