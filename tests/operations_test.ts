@@ -86,6 +86,16 @@ Deno.test("kv failure: members on this isolate keep getting frames; a publisher 
   assert.equal(b.ws.readyState, WebSocket.OPEN, "the other member stays");
 });
 
+/** Stops processes a test started, whatever happened in the test. */
+async function killAll(procs: Deno.ChildProcess[]) {
+  for (const p of procs) {
+    try {
+      p.kill("SIGTERM");
+    } catch { /* already exited */ }
+    await p.status;
+  }
+}
+
 /** Starts `deno task start` as a real process on a free port; resolves once it listens. */
 async function startProcess(env: Record<string, string>) {
   const port = 20000 + Math.floor(Math.random() * 20000);
@@ -110,9 +120,11 @@ async function startProcess(env: Record<string, string>) {
 
 Deno.test("shutdown: SIGTERM with traffic in flight exits within the bound and keeps every accepted frame", async () => {
   const dir = await Deno.makeTempDir({ prefix: "mles-shutdown-" });
+  const procs: Deno.ChildProcess[] = [];
   const env = { MLES_KV: `${dir}/kv.sqlite3`, MLES_HISTORY_LIMIT: "1000" };
   try {
     const p = await startProcess(env);
+    procs.push(p.child);
     const url = `ws://127.0.0.1:${p.port}/`;
     const a = await TestClient.open(url, header("a", "sd"));
     const w = await TestClient.open(url, header("w", "sd"));
@@ -129,20 +141,21 @@ Deno.test("shutdown: SIGTERM with traffic in flight exits within the bound and k
     assert.ok(Date.now() - t0 < 5000, `exited after ${Date.now() - t0} ms`);
     assert.equal(status.code, 0);
     const again = await startProcess(env);
+    procs.push(again.child);
     const c = await TestClient.open(`ws://127.0.0.1:${again.port}/`, header("c", "sd"));
     const hist: string[] = [];
     while (!hist.includes("f299")) hist.push(await c.next() as string);
     for (let i = 0; i < 300; i++) assert.ok(hist.includes(`f${i}`), `f${i} kept`);
     await c.close();
-    again.child.kill("SIGTERM");
-    await again.child.status;
   } finally {
+    await killAll(procs);
     await Deno.remove(dir, { recursive: true });
   }
 });
 
 Deno.test("tls: MLES_TLS_CERT and MLES_TLS_KEY serve wss:// with the mles-websocket subprotocol", async () => {
   const dir = await Deno.makeTempDir({ prefix: "mles-tls-" });
+  const procs: Deno.ChildProcess[] = [];
   try {
     // A throwaway CA and a server certificate it signs (rustls refuses a CA as end entity).
     const openssl = async (...args: string[]) => {
@@ -212,6 +225,7 @@ Deno.test("tls: MLES_TLS_CERT and MLES_TLS_KEY serve wss:// with the mles-websoc
       MLES_TLS_CERT: `${dir}/cert.pem`,
       MLES_TLS_KEY: `${dir}/key.pem`,
     });
+    procs.push(p.child);
     assert.match(p.stderr, /listening on wss:\/\//);
     const conn = await Deno.connectTls({
       hostname: "127.0.0.1",
@@ -235,9 +249,8 @@ Deno.test("tls: MLES_TLS_CERT and MLES_TLS_KEY serve wss:// with the mles-websoc
     assert.match(res, /^HTTP\/1\.1 101/);
     assert.match(res, /sec-websocket-protocol: mles-websocket/i);
     conn.close();
-    p.child.kill("SIGTERM");
-    await p.child.status;
   } finally {
+    await killAll(procs);
     await Deno.remove(dir, { recursive: true });
   }
 });
