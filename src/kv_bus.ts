@@ -432,14 +432,15 @@ export class KvBus implements Bus {
     const { origin, ttlMs } = this.#opts;
     if (st.head === undefined) await this.#readMeta(st);
     const deadline = Date.now() + (this.#opts.storeTimeoutMs ?? 30_000);
-    const values: StoredFrame[] = batch.map((d) => {
+    const stored = (d: Delivery): StoredFrame => {
       const f = d.frame;
       const v: StoredFrame = { i: d.id, o: origin, t: f.kind === "text" ? 0 : 1 };
       if (storedBytes(f) <= INLINE_MAX) v.d = f.data;
       else v.c = split(f).length;
       if (d.historyOnly) v.h = 1;
       return v;
-    });
+    };
+    const values: StoredFrame[] = batch.map(stored);
     for (let attempt = 0;; attempt++) {
       const head = st.head!;
       const first = head + 1;
@@ -495,10 +496,22 @@ export class KvBus implements Bus {
         batch.forEach((d, i) => d.seq = first + i);
         return;
       }
-      // Another isolate appended first: take its head and retry the same frames in order.
+      // Another isolate appended first: take its head and retry the same frames
+      // in order, joined by small frames that queued meanwhile (a hot channel
+      // then needs fewer commits, not more).
       this.#opts.metrics.kvCommitConflicts++;
       st.head = undefined;
       await this.#readMeta(st);
+      let bytes = 0;
+      for (const v of values) bytes += v.d === undefined ? 64 : storedBytes(toFrame(v));
+      while (st.queue.length > 0 && batch.length < COMMIT_FRAMES) {
+        const size = storedBytes(st.queue[0].frame);
+        if (size > INLINE_MAX || bytes + size > COMMIT_BYTES) break;
+        bytes += size;
+        const d = st.queue.shift()!;
+        batch.push(d);
+        values.push(stored(d));
+      }
     }
   }
 
@@ -705,6 +718,12 @@ function split(f: Frame): (string | Uint8Array)[] {
     i = end;
   }
   return out;
+}
+
+function toFrame(v: StoredFrame): Frame {
+  return v.t === 0
+    ? { kind: "text", data: v.d as string }
+    : { kind: "binary", data: v.d as Uint8Array };
 }
 
 function concat(parts: Uint8Array[]): Uint8Array {
