@@ -22,9 +22,12 @@
  * skipped (the hub delivered them before the commit); when only this isolate
  * moved a channel the entries are not read back at all.
  *
- * History keeps `limit + slack` frames per channel so a reader that lags by
- * less than the slack never misses a frame; one that lags more counts a gap
- * (metric + log) and continues. Idle channels expire via `expireIn`.
+ * Trimming keeps the last `limit` frames plus every frame younger than the
+ * reader slack (60 s), at most {@link HARD_SLACK} frames beyond the limit:
+ * a reader that lags less than that never misses a frame; one that lags
+ * more counts a gap (metric + log) and continues. The channel head records
+ * one (seq, time) mark per second to know which frames are old enough.
+ * Idle channels expire via `expireIn`.
  * Imports: bus, frame, kv_keys, log (type), metrics (type).
  */
 import type { Bus, BusHandler, History } from "./bus.ts";
@@ -45,6 +48,8 @@ export interface KvBusOptions {
   readonly log: Logger;
   /** How long a frame may keep failing to store before it is given up (default 30 s). */
   readonly storeTimeoutMs?: number;
+  /** Frames beyond the limit are kept this long for lagging readers (default 60 s). */
+  readonly readerSlackMs?: number;
 }
 
 /** A frame as stored in one KV value. */
@@ -66,6 +71,10 @@ interface StoredFrame {
 /** Channel head, checked and rewritten by every append. */
 interface Meta {
   head: number;
+  /** Every seq up to this one has been deleted. */
+  trimmed?: number;
+  /** [seq, time]: every seq <= seq was written at or before time (about one per second). */
+  marks?: [number, number][];
   /** Chunked frames still in the kept window: [seq, frame id, chunks]. */
   big: [number, string, number][];
 }
@@ -88,6 +97,8 @@ const COMMIT_MUTATIONS = 900;
 const CHUNKS_PER_COMMIT = 10;
 const MOVED_TTL_MS = 10 * 60_000;
 const PAGE = 256;
+/** Frames kept beyond the limit at most, however young (bounds storage of a hot channel). */
+const HARD_SLACK = 100_000;
 
 function storedBytes(f: Frame): number {
   return f.kind === "binary" ? f.data.byteLength : f.data.length * 2;
@@ -106,6 +117,8 @@ class ChannelState {
   readonly keyReady: Promise<void>;
   // Follower (read side)
   following = false;
+  /** The cursor is set for the current subscription: reads may start. */
+  ready = false;
   gen = 0;
   cursor = 0;
   reading = false;
@@ -116,6 +129,8 @@ class ChannelState {
   writing = false;
   head: number | undefined;
   metaVs: string | null = null;
+  trimmed = 0;
+  marks: [number, number][] = [];
   big: [number, string, number][] = [];
 
   constructor(name: string) {
@@ -131,7 +146,6 @@ class ChannelState {
 export class KvBus implements Bus {
   readonly #kv: Deno.Kv;
   readonly #opts: KvBusOptions;
-  readonly #keep: number;
   readonly #channels = new Map<string, ChannelState>();
   readonly #byKey = new Map<string, ChannelState>();
   #handler: BusHandler = { onFrames: () => {}, onPublishFailed: () => {} };
@@ -144,12 +158,12 @@ export class KvBus implements Bus {
   readonly #shardAgain: boolean[] = new Array(SHARDS).fill(false);
   readonly #tasks = new Set<Promise<unknown>>();
   #closing = false;
+  readonly #slackMs: number;
 
   constructor(kv: Deno.Kv, options: KvBusOptions) {
+    this.#slackMs = options.readerSlackMs ?? 60_000;
     this.#kv = kv;
     this.#opts = options;
-    // Slack beyond the replayed window, so lagging readers never see a gap.
-    this.#keep = options.historyLimit + Math.max(1000, options.historyLimit);
   }
 
   /** Open `kv.watch` streams (0 or 1 whatever the number of channels). For tests and metrics. */
@@ -170,6 +184,7 @@ export class KvBus implements Bus {
     const st = this.#state(channel);
     const gen = ++st.gen;
     st.following = true;
+    st.ready = false;
     await st.keyReady;
     if (st.gen !== gen) return;
     this.#byKey.set(st.ck, st);
@@ -178,6 +193,7 @@ export class KvBus implements Bus {
       const meta = await this.#readMeta(st);
       if (st.gen !== gen) return;
       st.cursor = meta.head;
+      st.ready = true;
     } catch (err) {
       if (st.gen === gen) this.unsubscribe(channel);
       throw new Error(`Cannot follow channel ${JSON.stringify(channel)} in KV: ${message(err)}`, {
@@ -192,6 +208,7 @@ export class KvBus implements Bus {
     const st = this.#channels.get(channel);
     if (!st || !st.following) return;
     st.following = false;
+    st.ready = false;
     st.gen++;
     if (this.#byKey.get(st.ck) === st) this.#byKey.delete(st.ck);
     this.#forgetIfIdle(st);
@@ -289,6 +306,8 @@ export class KvBus implements Bus {
       st.head = meta.head;
       st.metaVs = e.versionstamp;
       st.big = meta.big;
+      st.trimmed = meta.trimmed ?? 0;
+      st.marks = meta.marks ?? [];
     }
     return meta;
   }
@@ -449,12 +468,23 @@ export class KvBus implements Bus {
       let mutations = 4;
       values.forEach((v, i) => op.set(keys.entry(st.ck, first + i), v, { expireIn: ttlMs }));
       mutations += values.length;
-      // Trim: each seq leaves the kept window exactly once, in the commit that pushes it out.
-      const trimTo = last - this.#keep;
-      for (let s = Math.max(1, head + 1 - this.#keep); s <= trimTo; s++) {
+      // Trim what is outside the replayed window and older than the reader
+      // slack (or too far behind), within this commit's mutation budget.
+      const now = Date.now();
+      const limit = this.#opts.historyLimit;
+      let old = st.trimmed;
+      for (const [seq, t] of st.marks) if (t <= now - this.#slackMs) old = Math.max(old, seq);
+      const want = Math.min(last - limit, Math.max(old, last - limit - HARD_SLACK));
+      const trimTo = Math.min(want, st.trimmed + Math.max(0, COMMIT_MUTATIONS - 100 - mutations));
+      for (let s = st.trimmed + 1; s <= trimTo; s++) {
         op.delete(keys.entry(st.ck, s));
         mutations++;
       }
+      const trimmed = Math.max(st.trimmed, trimTo);
+      const marks = st.marks.filter(([seq]) => seq > trimmed);
+      if (marks.length === 0 || now - marks[marks.length - 1][1] >= 1000) marks.push([last, now]);
+      // Dropping the oldest marks only delays trimming: a newer mark covers their seqs.
+      while (marks.length > 64) marks.shift();
       const big: [number, string, number][] = [];
       for (const b of st.big) {
         if (b[0] <= trimTo && mutations + b[2] <= COMMIT_MUTATIONS) {
@@ -465,7 +495,7 @@ export class KvBus implements Bus {
       values.forEach((v, i) => {
         if (v.c !== undefined) big.push([first + i, v.i, v.c]);
       });
-      const meta: Meta = { head: last, big };
+      const meta: Meta = { head: last, trimmed, marks, big };
       op.set(keys.meta(st.ck), meta, { expireIn: ttlMs });
       const moved: Moved = { c: st.ck, a: first, b: last, o: origin };
       op.set([...keys.movedLog(st.shard), this.#kv.commitVersionstamp()], moved, {
@@ -493,6 +523,8 @@ export class KvBus implements Bus {
         st.head = last;
         st.metaVs = res.versionstamp;
         st.big = big;
+        st.trimmed = trimmed;
+        st.marks = marks;
         batch.forEach((d, i) => d.seq = first + i);
         return;
       }
@@ -627,7 +659,7 @@ export class KvBus implements Bus {
             cursor = e.key[3] as string;
             const m = e.value;
             const st = this.#byKey.get(m.c);
-            if (!st || !st.following || m.b <= st.cursor) continue;
+            if (!st || !st.ready || m.b <= st.cursor) continue;
             if (m.o === this.#opts.origin && m.a === st.cursor + 1 && !st.reading) {
               st.cursor = m.b; // our own frames, nothing in between: no need to read them back
             } else {
@@ -660,7 +692,7 @@ export class KvBus implements Bus {
     try {
       do {
         st.readAgain = false;
-        if (!st.following) break;
+        if (!st.ready) break;
         const gen = st.gen;
         const from = st.cursor + 1;
         const out: Delivery[] = [];
@@ -676,7 +708,7 @@ export class KvBus implements Bus {
           const d = await this.#toDelivery(st, e);
           if (d) out.push(d);
         }
-        if (st.gen !== gen || !st.following) continue;
+        if (st.gen !== gen || !st.ready) continue;
         if (gap) {
           this.#opts.metrics.busGaps++;
           this.#opts.log.warn("reader fell behind the kept history; frames were missed", {
