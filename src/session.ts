@@ -121,6 +121,7 @@ export function runSession(socket: WebSocket, ctx: SessionContext, peer: string)
   };
 
   const publish = (m: Membership, frame: Frame) => {
+    ctx.onFrame?.(frameSize(frame));
     if (fromPeer && ctx.peerDuplicate?.(frame)) return;
     m.publish(frame);
   };
@@ -189,7 +190,6 @@ export function runSession(socket: WebSocket, ctx: SessionContext, peer: string)
       early.push(frame);
       return;
     }
-    ctx.onFrame?.(frame.kind === "binary" ? frame.data.byteLength : frame.data.length);
     publish(membership!, frame);
   };
 
