@@ -272,3 +272,115 @@ export async function startIsolates(
     })();
   return { isolates, kvPath: path, close, [Symbol.asyncDispose]: close };
 }
+
+/** The bytes of an HTTP WebSocket upgrade request, offering `protocol` unless it is null. */
+export function upgradeRequest(
+  port: number,
+  protocol: string | null = "mles-websocket",
+  path = "/",
+): Uint8Array {
+  const lines = [
+    `GET ${path} HTTP/1.1`,
+    `Host: 127.0.0.1:${port}`,
+    "Upgrade: websocket",
+    "Connection: Upgrade",
+    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+    "Sec-WebSocket-Version: 13",
+  ];
+  if (protocol !== null) lines.push(`Sec-WebSocket-Protocol: ${protocol}`);
+  return new TextEncoder().encode(lines.join("\r\n") + "\r\n\r\n");
+}
+
+/** Sends an upgrade request over raw TCP and returns the response head as text. */
+export async function rawUpgrade(port: number, protocol: string | null = "mles-websocket") {
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+  await conn.write(upgradeRequest(port, protocol, "/any/path"));
+  const buf = new Uint8Array(4096);
+  const n = await conn.read(buf);
+  conn.close();
+  return new TextDecoder().decode(buf.subarray(0, n ?? 0));
+}
+
+/** A masked client TEXT frame (payload < 64 KiB), as a raw client sends it. */
+export function clientTextFrame(text: string): Uint8Array {
+  const payload = new TextEncoder().encode(text);
+  const long = payload.length >= 126;
+  const frame = new Uint8Array((long ? 8 : 6) + payload.length);
+  frame[0] = 0x81;
+  frame[1] = 0x80 | (long ? 126 : payload.length);
+  if (long) {
+    frame[2] = payload.length >> 8;
+    frame[3] = payload.length & 0xff;
+  }
+  frame.set(payload, long ? 8 : 6); // mask key 0,0,0,0: payload unchanged
+  return frame;
+}
+
+/** A server running as a real process (`deno task start`). */
+export interface Proc {
+  readonly port: number;
+  readonly url: string;
+  readonly child: Deno.ChildProcess;
+  /** Its stderr lines so far (JSON log lines and the listening line). */
+  readonly log: string[];
+  /** SIGTERM, then waits for the exit. Safe to call twice. */
+  stop(): Promise<void>;
+}
+
+/** A port that was free a moment ago (for processes that must know their peers' ports). */
+export function freePort(): number {
+  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (l.addr as Deno.NetAddr).port;
+  l.close();
+  return port;
+}
+
+/** Starts `deno task start` with `env` on `port`; resolves once it listens (or rejects with its log). */
+export async function startProcess(
+  env: Record<string, string>,
+  port = freePort(),
+): Promise<Proc> {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["task", "--quiet", "start"],
+    cwd: new URL("..", import.meta.url).pathname,
+    env: { PORT: String(port), NO_COLOR: "1", MLES_LOG_LEVEL: "info", ...env },
+    stdout: "null",
+    stderr: "piped",
+  }).spawn();
+  const log: string[] = [];
+  const listening = Promise.withResolvers<void>();
+  (async () => {
+    let rest = "";
+    for await (const chunk of child.stderr.pipeThrough(new TextDecoderStream())) {
+      rest += chunk;
+      const lines = rest.split("\n");
+      rest = lines.pop()!;
+      for (const l of lines) {
+        log.push(l);
+        if (l.includes("listening on")) listening.resolve();
+      }
+    }
+    listening.reject(new Error(`server on ${port} ended: ${log.join("\n")}`));
+  })();
+  let stopped: Promise<void> | undefined;
+  const proc: Proc = {
+    port,
+    url: `ws://127.0.0.1:${port}/`,
+    child,
+    log,
+    stop: () =>
+      stopped ??= (async () => {
+        try {
+          child.kill("SIGTERM");
+        } catch { /* already exited */ }
+        await child.status;
+      })(),
+  };
+  try {
+    await listening.promise;
+  } catch (err) {
+    await proc.stop();
+    throw err;
+  }
+  return proc;
+}

@@ -52,6 +52,14 @@ const t = (data: string): Frame => ({ kind: "text", data });
 const d = (id: string, data: string, seq?: number): Delivery => ({ id, frame: t(data), seq });
 const tick = () => new Promise((r) => setTimeout(r, 0));
 
+/** Joins `m` with an empty history and resolves once it is live. */
+async function joinEmpty(hub: Hub, bus: ScriptedBus, m: Recorder, header = "h") {
+  const j = hub.join(m, "c", { header: t(header) });
+  await tick();
+  bus.pendingHistory.at(-1)!.resolve({ deliveries: [], lastSeq: 0 });
+  return (await j)!;
+}
+
 Deno.test("join: frames stored up to the history point come from history only, later ones live", async () => {
   const bus = new ScriptedBus();
   const hub = new Hub(bus, { maxBufferedBytes: 1e9 });
@@ -74,10 +82,7 @@ Deno.test("join: a local frame published during the join is sent once, whether h
   const bus = new ScriptedBus();
   const hub = new Hub(bus, { maxBufferedBytes: 1e9 });
   const a = new Recorder();
-  const ja = hub.join(a, "c", { header: t("hdr-a") });
-  await tick();
-  bus.pendingHistory[0].resolve({ deliveries: [], lastSeq: 0 });
-  const pa = (await ja)!;
+  const pa = await joinEmpty(hub, bus, a, "hdr-a");
   const b = new Recorder();
   const jb = hub.join(b, "c", { header: t("hdr-b") });
   await tick();
@@ -95,10 +100,7 @@ Deno.test("join: a local frame read as part of the history snapshot is not sent 
   const bus = new ScriptedBus();
   const hub = new Hub(bus, { maxBufferedBytes: 1e9 });
   const a = new Recorder();
-  const ja = hub.join(a, "c", { header: t("hdr-a") });
-  await tick();
-  bus.pendingHistory[0].resolve({ deliveries: [], lastSeq: 0 });
-  const pa = (await ja)!;
+  const pa = await joinEmpty(hub, bus, a, "hdr-a");
   const b = new Recorder();
   const jb = hub.join(b, "c", { header: t("hdr-b") });
   await tick();
@@ -127,12 +129,7 @@ Deno.test("fan-out: a member whose send throws is dropped with 1011 and the othe
   const bus = new ScriptedBus();
   const hub = new Hub(bus, { maxBufferedBytes: 1e9 });
   const [a, bad, c] = [new Recorder(), new Recorder(), new Recorder()];
-  for (const m of [a, bad, c]) {
-    const j = hub.join(m, "c", { header: t("h") });
-    await tick();
-    bus.pendingHistory.at(-1)!.resolve({ deliveries: [], lastSeq: 0 });
-    await j;
-  }
+  for (const m of [a, bad, c]) await joinEmpty(hub, bus, m);
   bad.throws = true;
   bus.handler.onFrames("c", [d("r.1", "one", 1)]);
   assert.deepEqual(a.got, ["one"]);
@@ -145,12 +142,7 @@ Deno.test("fan-out: a member over the buffered-bytes limit is dropped with 1013,
   const bus = new ScriptedBus();
   const hub = new Hub(bus, { maxBufferedBytes: 100 });
   const [a, slow] = [new Recorder(), new Recorder()];
-  for (const m of [a, slow]) {
-    const j = hub.join(m, "c", { header: t("h") });
-    await tick();
-    bus.pendingHistory.at(-1)!.resolve({ deliveries: [], lastSeq: 0 });
-    await j;
-  }
+  for (const m of [a, slow]) await joinEmpty(hub, bus, m);
   slow.bufferedAmount = 101;
   bus.handler.onFrames("c", [d("r.1", "one", 1), d("r.2", "two", 2)]);
   assert.deepEqual(a.got, ["one", "two"]);

@@ -5,21 +5,19 @@
  * clients always answer pings).
  */
 import assert from "node:assert/strict";
-import { header, startServer, TestClient, waitFor } from "./_helpers.ts";
+import {
+  clientTextFrame,
+  header,
+  startServer,
+  TestClient,
+  upgradeRequest,
+  waitFor,
+} from "./_helpers.ts";
 
 /** A raw WebSocket over TCP that reads frames and never answers pings. */
 async function silentClient(port: number, first: string) {
   const conn = await Deno.connect({ hostname: "127.0.0.1", port });
-  const req = [
-    "GET / HTTP/1.1",
-    `Host: 127.0.0.1:${port}`,
-    "Upgrade: websocket",
-    "Connection: Upgrade",
-    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
-    "Sec-WebSocket-Version: 13",
-    "Sec-WebSocket-Protocol: mles-websocket",
-  ].join("\r\n") + "\r\n\r\n";
-  await conn.write(new TextEncoder().encode(req));
+  await conn.write(upgradeRequest(port));
   let buf = new Uint8Array(0);
   const more = async () => {
     const chunk = new Uint8Array(4096);
@@ -39,12 +37,7 @@ async function silentClient(port: number, first: string) {
     }
     await more();
   }
-  const payload = new TextEncoder().encode(first);
-  const frame = new Uint8Array(6 + payload.length);
-  frame[0] = 0x81;
-  frame[1] = 0x80 | payload.length; // header < 126 bytes
-  payload.forEach((b, i) => frame[6 + i] = b); // mask key 0,0,0,0
-  await conn.write(frame);
+  await conn.write(clientTextFrame(first));
   return {
     conn,
     /** Next frame from the server: opcode and payload (server frames are unmasked). */

@@ -1,31 +1,12 @@
 /** Limits (issue: hardening): each refuses the excess clearly and harms nobody else. */
 import assert from "node:assert/strict";
-import { header, joinInOrder, startServer, TestClient } from "./_helpers.ts";
-
-async function upgradeStatus(port: number): Promise<string> {
-  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
-  await conn.write(new TextEncoder().encode(
-    [
-      "GET / HTTP/1.1",
-      `Host: 127.0.0.1:${port}`,
-      "Upgrade: websocket",
-      "Connection: Upgrade",
-      "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
-      "Sec-WebSocket-Version: 13",
-      "Sec-WebSocket-Protocol: mles-websocket",
-    ].join("\r\n") + "\r\n\r\n",
-  ));
-  const buf = new Uint8Array(2048);
-  const n = await conn.read(buf);
-  conn.close();
-  return new TextDecoder().decode(buf.subarray(0, n ?? 0));
-}
+import { header, joinInOrder, rawUpgrade, startServer, TestClient } from "./_helpers.ts";
 
 Deno.test("limits: new connections per IP over MLES_RATE_LIMIT are refused with 429 before upgrade", async () => {
   await using s = await startServer({ env: { MLES_RATE_LIMIT: "3" } });
   const ok = [];
   for (let i = 0; i < 3; i++) ok.push(await TestClient.open(s.wsUrl));
-  const res = await upgradeStatus(s.port);
+  const res = await rawUpgrade(s.port);
   assert.match(res, /^HTTP\/1\.1 429/);
   assert.match(res, /retry-after: 60/i);
   assert.match(res, /Too many connections: limit is 3 per minute per address/);
@@ -64,7 +45,7 @@ Deno.test("limits: connections beyond MLES_MAX_CONNECTIONS are refused with 503"
   await using s = await startServer({ env: { MLES_MAX_CONNECTIONS: "2" } });
   await using a = await TestClient.open(s.wsUrl);
   await using b = await TestClient.open(s.wsUrl);
-  assert.match(await upgradeStatus(s.port), /^HTTP\/1\.1 503[\s\S]*limit is 2 here/);
+  assert.match(await rawUpgrade(s.port), /^HTTP\/1\.1 503[\s\S]*limit is 2 here/);
   await b.close();
   await new Promise((r) => setTimeout(r, 50));
   await using c = await TestClient.open(s.wsUrl);

@@ -3,7 +3,16 @@
  * graceful shutdown of a real process, TLS, and start-up errors.
  */
 import assert from "node:assert/strict";
-import { header, joinInOrder, startServer, TestClient, waitFor } from "./_helpers.ts";
+import {
+  header,
+  joinInOrder,
+  type Proc,
+  startProcess,
+  startServer,
+  TestClient,
+  upgradeRequest,
+  waitFor,
+} from "./_helpers.ts";
 
 const root = new URL("..", import.meta.url).pathname;
 
@@ -86,45 +95,13 @@ Deno.test("kv failure: members on this isolate keep getting frames; a publisher 
   assert.equal(b.ws.readyState, WebSocket.OPEN, "the other member stays");
 });
 
-/** Stops processes a test started, whatever happened in the test. */
-async function killAll(procs: Deno.ChildProcess[]) {
-  for (const p of procs) {
-    try {
-      p.kill("SIGTERM");
-    } catch { /* already exited */ }
-    await p.status;
-  }
-}
-
-/** Starts `deno task start` as a real process on a free port; resolves once it listens. */
-async function startProcess(env: Record<string, string>) {
-  const port = 20000 + Math.floor(Math.random() * 20000);
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["task", "--quiet", "start"],
-    cwd: root,
-    env: { PORT: String(port), MLES_LOG_LEVEL: "error", NO_COLOR: "1", ...env },
-    stdout: "null",
-    stderr: "piped",
-  }).spawn();
-  const reader = child.stderr.pipeThrough(new TextDecoderStream()).getReader();
-  let err = "";
-  while (!err.includes("listening on") && !err.includes("Cannot start")) {
-    const { value, done } = await reader.read();
-    if (done) break;
-    err += value;
-  }
-  reader.releaseLock();
-  child.stderr.cancel().catch(() => {});
-  return { child, port, stderr: err };
-}
-
 Deno.test("shutdown: SIGTERM with traffic in flight exits within the bound and keeps every accepted frame", async () => {
   const dir = await Deno.makeTempDir({ prefix: "mles-shutdown-" });
-  const procs: Deno.ChildProcess[] = [];
+  const procs: Proc[] = [];
   const env = { MLES_KV: `${dir}/kv.sqlite3`, MLES_HISTORY_LIMIT: "1000" };
   try {
     const p = await startProcess(env);
-    procs.push(p.child);
+    procs.push(p);
     const url = `ws://127.0.0.1:${p.port}/`;
     const a = await TestClient.open(url, header("a", "sd"));
     const w = await TestClient.open(url, header("w", "sd"));
@@ -141,21 +118,21 @@ Deno.test("shutdown: SIGTERM with traffic in flight exits within the bound and k
     assert.ok(Date.now() - t0 < 5000, `exited after ${Date.now() - t0} ms`);
     assert.equal(status.code, 0);
     const again = await startProcess(env);
-    procs.push(again.child);
+    procs.push(again);
     const c = await TestClient.open(`ws://127.0.0.1:${again.port}/`, header("c", "sd"));
     const hist: string[] = [];
     while (!hist.includes("f299")) hist.push(await c.next() as string);
     for (let i = 0; i < 300; i++) assert.ok(hist.includes(`f${i}`), `f${i} kept`);
     await c.close();
   } finally {
-    await killAll(procs);
+    await Promise.all(procs.map((p) => p.stop()));
     await Deno.remove(dir, { recursive: true });
   }
 });
 
 Deno.test("tls: MLES_TLS_CERT and MLES_TLS_KEY serve wss:// with the mles-websocket subprotocol", async () => {
   const dir = await Deno.makeTempDir({ prefix: "mles-tls-" });
-  const procs: Deno.ChildProcess[] = [];
+  const procs: Proc[] = [];
   try {
     // A throwaway CA and a server certificate it signs (rustls refuses a CA as end entity).
     const openssl = async (...args: string[]) => {
@@ -225,24 +202,14 @@ Deno.test("tls: MLES_TLS_CERT and MLES_TLS_KEY serve wss:// with the mles-websoc
       MLES_TLS_CERT: `${dir}/cert.pem`,
       MLES_TLS_KEY: `${dir}/key.pem`,
     });
-    procs.push(p.child);
-    assert.match(p.stderr, /listening on wss:\/\//);
+    procs.push(p);
+    assert.match(p.log.join("\n"), /listening on wss:\/\//);
     const conn = await Deno.connectTls({
       hostname: "127.0.0.1",
       port: p.port,
       caCerts: [await Deno.readTextFile(`${dir}/ca.pem`)],
     });
-    await conn.write(new TextEncoder().encode(
-      [
-        "GET / HTTP/1.1",
-        `Host: localhost:${p.port}`,
-        "Upgrade: websocket",
-        "Connection: Upgrade",
-        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
-        "Sec-WebSocket-Version: 13",
-        "Sec-WebSocket-Protocol: mles-websocket",
-      ].join("\r\n") + "\r\n\r\n",
-    ));
+    await conn.write(upgradeRequest(p.port));
     const buf = new Uint8Array(1024);
     const n = await conn.read(buf);
     const res = new TextDecoder().decode(buf.subarray(0, n ?? 0));
@@ -250,32 +217,28 @@ Deno.test("tls: MLES_TLS_CERT and MLES_TLS_KEY serve wss:// with the mles-websoc
     assert.match(res, /sec-websocket-protocol: mles-websocket/i);
     conn.close();
   } finally {
-    await killAll(procs);
+    await Promise.all(procs.map((p) => p.stop()));
     await Deno.remove(dir, { recursive: true });
   }
 });
 
 Deno.test("start: a bad setting or an unusable KV path stops the start with one clear line", async () => {
-  const bad = await new Deno.Command(Deno.execPath(), {
-    args: ["task", "--quiet", "start"],
-    cwd: root,
-    env: { MLES_HISTORY_LIMIT: "lots", NO_COLOR: "1" },
-    stdout: "null",
-    stderr: "piped",
-  }).output();
+  const start = (env: Record<string, string>) =>
+    new Deno.Command(Deno.execPath(), {
+      args: ["task", "--quiet", "start"],
+      cwd: root,
+      env: { ...env, NO_COLOR: "1" },
+      stdout: "null",
+      stderr: "piped",
+    }).output();
+  const bad = await start({ MLES_HISTORY_LIMIT: "lots" });
   assert.equal(bad.code, 1);
   const msg = new TextDecoder().decode(bad.stderr).trim();
   assert.equal(
     msg,
     'Cannot start: MLES_HISTORY_LIMIT must be an integer from 1 to 1000000: current value is "lots"',
   );
-  const kv = await new Deno.Command(Deno.execPath(), {
-    args: ["task", "--quiet", "start"],
-    cwd: root,
-    env: { MLES_KV: "/nonexistent-dir/sub/kv.sqlite3", NO_COLOR: "1" },
-    stdout: "null",
-    stderr: "piped",
-  }).output();
+  const kv = await start({ MLES_KV: "/nonexistent-dir/sub/kv.sqlite3" });
   assert.equal(kv.code, 1);
   assert.match(
     new TextDecoder().decode(kv.stderr).trim(),

@@ -3,62 +3,16 @@
  * separate KV files, peered over loopback.
  */
 import assert from "node:assert/strict";
-import { header, type Received, startServer, TestClient, waitFor } from "./_helpers.ts";
-
-const root = new URL("..", import.meta.url).pathname;
-
-function freePort(): number {
-  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (l.addr as Deno.NetAddr).port;
-  l.close();
-  return port;
-}
-
-interface Proc {
-  port: number;
-  url: string;
-  child: Deno.ChildProcess;
-  log: string[];
-  stop(): Promise<void>;
-}
-
-async function startProc(port: number, env: Record<string, string>): Promise<Proc> {
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["task", "--quiet", "start"],
-    cwd: root,
-    env: { PORT: String(port), NO_COLOR: "1", MLES_LOG_LEVEL: "info", ...env },
-    stdout: "null",
-    stderr: "piped",
-  }).spawn();
-  const log: string[] = [];
-  const listening = Promise.withResolvers<void>();
-  (async () => {
-    let rest = "";
-    for await (const chunk of child.stderr.pipeThrough(new TextDecoderStream())) {
-      rest += chunk;
-      const lines = rest.split("\n");
-      rest = lines.pop()!;
-      for (const l of lines) {
-        log.push(l);
-        if (l.includes("listening on")) listening.resolve();
-      }
-    }
-    listening.reject(new Error(`server on ${port} ended: ${log.join("\n")}`));
-  })();
-  await listening.promise;
-  return {
-    port,
-    url: `ws://127.0.0.1:${port}/`,
-    child,
-    log,
-    async stop() {
-      try {
-        child.kill("SIGTERM");
-      } catch { /* gone */ }
-      await child.status;
-    },
-  };
-}
+import {
+  freePort,
+  header,
+  type Proc,
+  type Received,
+  startProcess,
+  startServer,
+  TestClient,
+  waitFor,
+} from "./_helpers.ts";
 
 async function health(p: { port: number }) {
   const r = await fetch(`http://127.0.0.1:${p.port}/healthz`);
@@ -112,7 +66,7 @@ Deno.test("peering: three servers in a ring deliver every frame once to every me
   const names = ["A", "B", "C"];
   const ports = [freePort(), freePort(), freePort()];
   const envs = ring(ports, dir, names);
-  const procs = await Promise.all(ports.map((p, i) => startProc(p, envs[i])));
+  const procs = await Promise.all(ports.map((p, i) => startProcess(envs[i], p)));
   try {
     await bridgesUp(procs);
     const members = await Promise.all(
@@ -151,7 +105,7 @@ Deno.test("peering: three servers in a ring deliver every frame once to every me
     members[0].send(JSON.stringify({ p: "A", n: per }));
     members[1].send(JSON.stringify({ p: "B", n: per }));
     await collect(members[1], (d) => d.includes(JSON.stringify({ p: "A", n: per })));
-    procs[2] = await startProc(ports[2], envs[2]);
+    procs[2] = await startProcess(envs[2], ports[2]);
     await bridgesUp(procs);
     const lateC = await TestClient.open(procs[2].url, header("lateC2", "ring"));
     const hist = await collect(lateC, (d) => d.length >= per * 3 + 2);
@@ -169,13 +123,13 @@ Deno.test("peering: a peer that is down or refuses auth is retried, logged once 
   const deadPort = freePort();
   const keyed = await startServer({ env: { MLES_KEY: "their-key" } });
   const port = freePort();
-  const p = await startProc(port, {
+  const p = await startProcess({
     MLES_KV: ":memory:",
     MLES_PEERS: `ws://127.0.0.1:${deadPort}/,${keyed.wsUrl}`,
     MLES_PEER_CHANNELS: "local",
     MLES_PEER_KEY: "wrong-key",
     MLES_PEER_UID: "mles-peer-test",
-  });
+  }, port);
   try {
     const a = await TestClient.open(p.url, header("a", "local"));
     const b = await TestClient.open(p.url, header("b", "local"));

@@ -7,6 +7,7 @@ import { mlesAuth } from "../src/auth.ts";
 import {
   header,
   joinInOrder,
+  rawUpgrade,
   type Received,
   startServer,
   TestClient,
@@ -17,25 +18,6 @@ const text = (f: Received) => {
   assert.equal(typeof f, "string", "expected a text frame");
   return f as string;
 };
-
-/** Sends a raw HTTP upgrade request and returns the status line and headers. */
-async function rawUpgrade(port: number, protocol?: string): Promise<string> {
-  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
-  const lines = [
-    "GET /any/path HTTP/1.1",
-    `Host: 127.0.0.1:${port}`,
-    "Upgrade: websocket",
-    "Connection: Upgrade",
-    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
-    "Sec-WebSocket-Version: 13",
-  ];
-  if (protocol) lines.push(`Sec-WebSocket-Protocol: ${protocol}`);
-  await conn.write(new TextEncoder().encode(lines.join("\r\n") + "\r\n\r\n"));
-  const buf = new Uint8Array(4096);
-  const n = await conn.read(buf);
-  conn.close();
-  return new TextDecoder().decode(buf.subarray(0, n ?? 0));
-}
 
 // ---- 1. Connecting ---------------------------------------------------------
 
@@ -56,7 +38,7 @@ Deno.test("connect: mles-websocket offered among other subprotocols is accepted"
 
 Deno.test("connect: an upgrade without the subprotocol is refused with 400 and no socket", async () => {
   await using s = await startServer();
-  const res = await rawUpgrade(s.port);
+  const res = await rawUpgrade(s.port, null);
   assert.match(res, /^HTTP\/1\.1 400/);
   assert.match(res, /mles-websocket/);
   const other = await rawUpgrade(s.port, "chat");

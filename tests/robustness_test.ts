@@ -4,11 +4,13 @@
  */
 import assert from "node:assert/strict";
 import {
+  clientTextFrame,
   header,
   joinInOrder,
   type Received,
   startServer,
   TestClient,
+  upgradeRequest,
   waitFor,
 } from "./_helpers.ts";
 
@@ -44,26 +46,9 @@ Deno.test("load: 50 subscribers and 4 publishers get every frame exactly once, i
 /** Opens a WebSocket with raw TCP and never reads from it: its receive window fills up. */
 async function neverReads(port: number, uid: string, channel: string): Promise<Deno.TcpConn> {
   const conn = await Deno.connect({ hostname: "127.0.0.1", port });
-  const req = [
-    "GET / HTTP/1.1",
-    `Host: 127.0.0.1:${port}`,
-    "Upgrade: websocket",
-    "Connection: Upgrade",
-    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
-    "Sec-WebSocket-Version: 13",
-    "Sec-WebSocket-Protocol: mles-websocket",
-  ].join("\r\n") + "\r\n\r\n";
-  await conn.write(new TextEncoder().encode(req));
-  const head = new Uint8Array(1024);
-  await conn.read(head); // the 101 response; never read again
-  const payload = new TextEncoder().encode(JSON.stringify(header(uid, channel)));
-  const mask = new Uint8Array([1, 2, 3, 4]);
-  const frame = new Uint8Array(2 + 4 + payload.length);
-  frame[0] = 0x81;
-  frame[1] = 0x80 | payload.length;
-  frame.set(mask, 2);
-  payload.forEach((b, i) => frame[6 + i] = b ^ mask[i % 4]);
-  await conn.write(frame);
+  await conn.write(upgradeRequest(port));
+  await conn.read(new Uint8Array(1024)); // the 101 response; never read again
+  await conn.write(clientTextFrame(JSON.stringify(header(uid, channel))));
   return conn;
 }
 
