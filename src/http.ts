@@ -63,8 +63,11 @@ export interface HttpContext {
 /** A request handler plus the means to stop it. */
 export interface HttpHandler {
   fetch(req: Request, info?: Deno.ServeHandlerInfo): Promise<Response> | Response;
-  /** Refuses new upgrades (503) and closes every open socket with 1001. */
-  closeSockets(): void;
+  /**
+   * Refuses new upgrades (503), closes every open socket with 1001 and
+   * resolves when their close handshakes are done (or after `waitMs`).
+   */
+  closeSockets(waitMs?: number): Promise<void>;
   /** Open WebSockets (joined or not). */
   readonly socketCount: number;
 }
@@ -164,9 +167,21 @@ export function createHttpHandler(ctx: HttpContext): HttpHandler {
 
   return {
     fetch,
-    closeSockets() {
+    async closeSockets(waitMs = 1000) {
       closing = true;
-      for (const s of sockets) closeQuietly(s, CLOSE.shuttingDown);
+      const done = [...sockets].map((s) =>
+        new Promise<void>((resolve) => {
+          s.addEventListener("close", () => resolve(), { once: true });
+          closeQuietly(s, CLOSE.shuttingDown);
+          if (s.readyState === WebSocket.CLOSED) resolve();
+        })
+      );
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      await Promise.race([
+        Promise.all(done),
+        new Promise<void>((r) => timer = setTimeout(r, waitMs)),
+      ]);
+      clearTimeout(timer);
     },
     get socketCount() {
       return sockets.size;

@@ -156,7 +156,7 @@ export async function createServer(config: Config, deps: ServerDeps = {}): Promi
     close() {
       closed ??= (async () => {
         await peering?.close();
-        http.closeSockets();
+        await http.closeSockets();
         await bus.close();
         if (ownsKv) kv!.close();
       })();
