@@ -6,6 +6,7 @@
  * `await using`-disposable so sockets, servers and KV handles never leak.
  */
 import { loadConfig } from "../src/config.ts";
+import type { Logger } from "../src/log.ts";
 import { createServer, type Server } from "../src/server.ts";
 
 /** A running server for one test. */
@@ -27,6 +28,8 @@ export interface StartOptions {
   kv?: Deno.Kv;
   /** Port to listen on (default 0 = any free port). */
   port?: number;
+  /** Receives the server's log lines (default: the level from env, to stderr). */
+  log?: Logger;
 }
 
 /** Starts a server on 127.0.0.1 with the given environment. */
@@ -36,7 +39,7 @@ export async function startServer(options: StartOptions = {}): Promise<TestServe
     MLES_LOG_LEVEL: "error",
     ...options.env,
   });
-  const server = await createServer(config, { kv: options.kv });
+  const server = await createServer(config, { kv: options.kv, log: options.log });
   const http = Deno.serve(
     { port: options.port ?? 0, hostname: "127.0.0.1", onListen() {} },
     server.fetch,

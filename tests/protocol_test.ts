@@ -4,6 +4,7 @@
  */
 import assert from "node:assert/strict";
 import { mlesAuth } from "../src/auth.ts";
+import { Logger } from "../src/log.ts";
 import {
   header,
   joinInOrder,
@@ -366,4 +367,28 @@ Deno.test("session: the same header can join again as soon as the old socket has
   const seen: Received[] = [];
   while (!seen.includes("back")) seen.push(await b.next());
   assert.equal(again.ws.readyState, WebSocket.OPEN);
+});
+
+Deno.test("logs: one line per refused connection, with the reason, never the auth value or the key", async () => {
+  const lines: string[] = [];
+  await using s = await startServer({
+    env: { MLES_KEY: "sekrit-key" },
+    log: new Logger("warn", (l) => lines.push(l)),
+  });
+  const wrong = "0123456789abcdef";
+  await using c = await TestClient.open(s.wsUrl, header("mallory", "vault", { auth: wrong }));
+  await c.waitClosed();
+  await using d = await TestClient.open(s.wsUrl, "{not json");
+  await d.waitClosed();
+  assert.equal(lines.length, 2, lines.join("\n"));
+  const first = JSON.parse(lines[0]);
+  assert.equal(first.msg, "connection refused");
+  assert.equal(first.code, 1008);
+  assert.equal(first.reason, "Cannot join: auth does not match");
+  assert.equal(first.uid, "mallory");
+  assert.equal(JSON.parse(lines[1]).reason, "Cannot join: header is not valid JSON");
+  for (const l of lines) {
+    assert.ok(!l.includes(wrong), "auth value not logged");
+    assert.ok(!l.includes("sekrit-key"), "key not logged");
+  }
 });
