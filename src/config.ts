@@ -133,7 +133,7 @@ const schema = z.object({
   MLES_TLS_CERT: optionalText,
   MLES_TLS_KEY: optionalText,
   MLES_STORE_TIMEOUT_MS: int("MLES_STORE_TIMEOUT_MS", 100, 3_600_000, 30_000),
-  MLES_SHUTDOWN_TIMEOUT_MS: int("MLES_SHUTDOWN_TIMEOUT_MS", 100, 600_000, 5_000),
+  MLES_SHUTDOWN_TIMEOUT_MS: int("MLES_SHUTDOWN_TIMEOUT_MS", 100, 600_000, 4_000),
   MLES_PEERS: z.string().optional().transform((raw, ctx) => {
     const list = (raw ?? "").split(",").map((u) => u.trim()).filter((u) => u !== "");
     for (const u of list) {
