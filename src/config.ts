@@ -60,6 +60,8 @@ export interface Config {
   readonly peerKey: string | undefined;
   /** This server's bridge uid on peers (starts with "mles-peer-"). */
   readonly peerUid: string | undefined;
+  /** Folder served over HTTP instead of the built-in page; undefined = the built-in `web/`. */
+  readonly wwwroot: string | undefined;
 }
 
 /** A configuration value that cannot be used; the message names the variable. */
@@ -159,6 +161,7 @@ const schema = z.object({
     return v.split(",").map((c) => c.trim()).filter((c) => c !== "");
   }),
   MLES_PEER_KEY: optionalText,
+  MLES_WWWROOT: optionalText,
   MLES_PEER_UID: z.string().optional().transform((raw, ctx) => {
     if (raw === undefined || raw === "") return undefined;
     if (!raw.startsWith("mles-peer-") || !/^[\x21-\x7e]+$/.test(raw)) {
@@ -225,6 +228,7 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     peerChannels: e.MLES_PEER_CHANNELS,
     peerKey: e.MLES_PEER_KEY,
     peerUid: e.MLES_PEER_UID,
+    wwwroot: e.MLES_WWWROOT,
   });
 }
 

@@ -14,6 +14,7 @@ import { MemoryBus } from "./memory_bus.ts";
 import { Metrics } from "./metrics.ts";
 import { Dedupe } from "./dedupe.ts";
 import { KvLease, Peering } from "./peer.ts";
+import { createStaticHandler } from "./static.ts";
 
 const HEALTH_KEY: Deno.KvKey = ["mles", "health"];
 
@@ -50,7 +51,7 @@ export interface ServerDeps {
   /** An open KV handle; the server will not close it. */
   readonly kv?: Deno.Kv;
   readonly log?: Logger;
-  /** Serves static files for GET/HEAD; default: none. */
+  /** Serves static files for GET/HEAD; default: MLES_WWWROOT or the built-in page in web/. */
   readonly staticFiles?: (req: Request) => Promise<Response | undefined>;
 }
 
@@ -60,6 +61,23 @@ export interface ServerDeps {
  */
 export async function createServer(config: Config, deps: ServerDeps = {}): Promise<Server> {
   const log = deps.log ?? new Logger(config.logLevel);
+  let staticFiles = deps.staticFiles;
+  if (!staticFiles) {
+    const root = config.wwwroot ?? new URL("../web/", import.meta.url);
+    if (config.wwwroot !== undefined) {
+      try {
+        if (!Deno.statSync(config.wwwroot).isDirectory) throw new Error("not a directory");
+      } catch (err) {
+        throw new StartError(
+          `Cannot start: MLES_WWWROOT=${JSON.stringify(config.wwwroot)} is not a readable folder: ${
+            text(err)
+          }`,
+          err,
+        );
+      }
+    }
+    staticFiles = createStaticHandler({ root });
+  }
   let kv = deps.kv;
   const ownsKv = config.bus === "kv" && !kv;
   const where = `MLES_KV=${JSON.stringify(config.kvPath ?? "(Deno's default location)")}`;
@@ -130,7 +148,7 @@ export async function createServer(config: Config, deps: ServerDeps = {}): Promi
         return false;
       }
     },
-    staticFiles: deps.staticFiles,
+    staticFiles,
     peers: () => peering?.states,
   });
 
