@@ -19,6 +19,7 @@ const { values } = parseArgs({
     reps: { type: "string", default: "3" },
     seconds: { type: "string", default: "4" },
     json: { type: "string" },
+    only: { type: "string", default: "latency,throughput" },
   },
 });
 const REPS = Number(values.reps);
@@ -46,7 +47,9 @@ async function counters(url: string): Promise<Record<string, number>> {
 async function sumCounters(urls: string[]) {
   const all = await Promise.all(urls.map(counters));
   const sum: Record<string, number> = {};
-  for (const c of all) for (const [k, v] of Object.entries(c)) sum[k] = (sum[k] ?? 0) + v;
+  for (const c of all) {
+    for (const [k, v] of Object.entries(c)) sum[k] = (sum[k] ?? 0) + v;
+  }
   return sum;
 }
 
@@ -112,12 +115,16 @@ async function latency(mode: "moderate" | "saturation"): Promise<Run> {
     }
   }
   const deadline = performance.now() + 10_000;
-  while ((sc.count < sent || sl.count < sent) && performance.now() < deadline) await sleep(5);
+  while ((sc.count < sent || sl.count < sent) && performance.now() < deadline) {
+    await sleep(5);
+  }
   const secs = (performance.now() - t0) / 1000;
   const after = await sumCounters([a.url, b.url]);
   const delivered = sc.count + sl.count;
   if (sc.count !== sent || sl.count !== sent) {
-    throw new Error(`lost frames: sent ${sent}, local ${sl.count}, cross ${sc.count}`);
+    throw new Error(
+      `lost frames: sent ${sent}, local ${sl.count}, cross ${sc.count}`,
+    );
   }
   const commits = after.mles_kv_commits_total - before.mles_kv_commits_total;
   const reads = after.mles_kv_reads_total - before.mles_kv_reads_total;
@@ -133,14 +140,21 @@ async function latency(mode: "moderate" | "saturation"): Promise<Run> {
 }
 
 /** One channel, 4 publishers on `spread` isolates (1 or 4), observed on isolate 0: deliveries/s. */
-async function throughput(spread: 1 | 4): Promise<{ rate: number; commitsPerFrame: number }> {
+async function throughput(
+  spread: 1 | 4,
+): Promise<{ rate: number; commitsPerFrame: number }> {
   await using iso = await startIsolates(4, { MLES_LOG_LEVEL: "silent" });
   const urls = iso.isolates.map((i) => i.wsUrl);
   const ch = `tp-${spread}`;
   await using obs = await TestClient.open(urls[0], header("obs", ch));
   const pubs: TestClient[] = [];
   for (let i = 0; i < 4; i++) {
-    pubs.push(await TestClient.open(spread === 1 ? urls[1] : urls[i], header(`p${i}`, ch)));
+    pubs.push(
+      await TestClient.open(
+        spread === 1 ? urls[1] : urls[i],
+        header(`p${i}`, ch),
+      ),
+    );
   }
   await sleep(300);
   const h = newHist();
@@ -162,16 +176,21 @@ async function throughput(spread: 1 | 4): Promise<{ rate: number; commitsPerFram
   const secs = (performance.now() - t0) / 1000;
   const after = await sumCounters(iso.isolates.map((i) => i.url));
   await Promise.all(pubs.map((p) => p.close()));
-  if (so.count !== sent) throw new Error(`lost frames: sent ${sent}, observed ${so.count}`);
+  if (so.count !== sent) {
+    throw new Error(`lost frames: sent ${sent}, observed ${so.count}`);
+  }
   return {
     rate: so.count / secs,
-    commitsPerFrame: (after.mles_kv_commits_total - before.mles_kv_commits_total) / sent,
+    commitsPerFrame:
+      (after.mles_kv_commits_total - before.mles_kv_commits_total) / sent,
   };
 }
 
 const median = (xs: number[]) => {
   const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+  return s.length % 2
+    ? s[(s.length - 1) / 2]
+    : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
 };
 const fmt = (xs: number[], digits = 2) =>
   `${median(xs).toFixed(digits)} (${Math.min(...xs).toFixed(digits)}-${
@@ -182,7 +201,11 @@ const results: Record<string, number[]> = {};
 const add = (k: string, v: number) => (results[k] ??= []).push(v);
 for (let r = 0; r < REPS; r++) {
   // Interleave scenarios within each repetition (A B C A B C ...).
-  for (const mode of ["moderate", "saturation"] as const) {
+  for (
+    const mode of values.only!.includes("latency")
+      ? ["moderate", "saturation"] as const
+      : []
+  ) {
     const x = await latency(mode);
     add(`${mode}.cross.p50.ms`, x.crossP50);
     add(`${mode}.cross.p99.ms`, x.crossP99);
@@ -194,6 +217,7 @@ for (let r = 0; r < REPS; r++) {
     add(`${mode}.kv_reads_per_delivery`, x.readsPerFrame!);
     console.error(`rep ${r + 1} ${mode}: ${JSON.stringify(x)}`);
   }
+  if (!values.only!.includes("throughput")) continue;
   const one = await throughput(1);
   const four = await throughput(4);
   add("throughput.1_isolate.deliveries_per_s", one.rate);
@@ -208,7 +232,9 @@ for (let r = 0; r < REPS; r++) {
   );
 }
 
-console.log(`\nKV bus, ${REPS} repetitions x ${SECONDS} s, median (min-max):\n`);
+console.log(
+  `\nKV bus, ${REPS} repetitions x ${SECONDS} s, median (min-max):\n`,
+);
 console.log("| figure | value |\n| --- | --- |");
 for (const [k, xs] of Object.entries(results)) {
   const digits = k.includes("per_s") ? 0 : k.includes("per_") ? 3 : 2;
