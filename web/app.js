@@ -85,7 +85,11 @@ function defaultServer() {
 // ---------------------------------------------------------------------------
 // Connection state
 
-/** @type {{uid: string, channel: string, server: string, auth: string} | null} */
+/**
+ * What the user joined: `header` is the exact first frame we send (SPEC
+ * section 2), the same on every reconnect.
+ * @type {{uid: string, channel: string, server: string, header: string} | null}
+ */
 let session = null;
 /** @type {WebSocket | null} */
 let ws = null;
@@ -98,14 +102,18 @@ let quietTimer;
 let everJoined = false;
 
 /**
- * Frames shown in this view (and our own header, which the server keeps in
- * history), in order, as keys. After a reconnect the server replays the
- * history; frames matching this list in order are dropped so nothing shows
- * twice (SPEC section 6: clients SHOULD drop duplicates).
+ * Frames shown in this view, in order, as keys (see {@link frameKey}). After
+ * a reconnect the server replays the channel's history, which this view has
+ * mostly shown already; {@link receive} drops what matches so nothing shows
+ * twice (SPEC section 6: clients SHOULD drop duplicate frames).
  * @type {string[]}
  */
 let seen = [];
-/** @type {{cursor: number} | null} */
+/**
+ * Set while the history after a reconnect is arriving: `cursor` is the next
+ * index of `seen` to match, `held` the join headers not shown yet.
+ * @type {{cursor: number, held: (string | ArrayBuffer)[]} | null}
+ */
 let replay = null;
 
 function remember(key) {
@@ -121,16 +129,46 @@ function frameKey(data) {
   return `b${bytes.byteLength}:${sipHash24Hex(ZERO_KEY, bytes)}`;
 }
 
-/** True when a replayed frame was already shown; ends the replay at the first new one. */
-function isReplayed(key) {
-  if (!replay) return false;
-  const i = seen.indexOf(key, replay.cursor);
-  if (i === -1) {
-    replay = null;
-    return false;
+/**
+ * Shows a received frame unless it is history this view has shown before.
+ *
+ * During the replay after a reconnect: our own header is skipped (the
+ * server keeps one per join, and never sends it to us live); a frame found
+ * in `seen` after the cursor is a duplicate, and moves the cursor; a join
+ * header that is not found is held, because joins that happened while we
+ * were connected were never sent to us live either: if a known frame follows
+ * it is old news and dropped, otherwise it is shown. The first unknown frame
+ * of any other kind, reaching the end of `seen`, or a pause in the burst
+ * ends the replay.
+ */
+function receive(data) {
+  if (replay) {
+    if (data === session?.header) return;
+    const i = seen.indexOf(frameKey(data), replay.cursor);
+    if (i !== -1) {
+      replay.cursor = i + 1;
+      replay.held = [];
+      if (replay.cursor === seen.length) replay = null;
+      return;
+    }
+    if (classify(data).kind === "join") {
+      replay.held.push(data);
+      return;
+    }
+    endReplay();
   }
-  replay.cursor = i + 1;
-  return true;
+  remember(frameKey(data));
+  show(data);
+}
+
+/** Ends the replay after a reconnect and shows the joins it held back. */
+function endReplay() {
+  const held = replay?.held ?? [];
+  replay = null;
+  for (const data of held) {
+    remember(frameKey(data));
+    show(data);
+  }
 }
 
 function setState(state, label) {
@@ -180,11 +218,8 @@ function connect() {
     if (ws !== sock) return;
     open = true;
     openedAt = Date.now();
-    const header = JSON.stringify({ uid: s.uid, channel: s.channel, auth: s.auth });
-    sock.send(header);
-    replay = seen.length > 0 ? { cursor: 0 } : null;
-    // The server appends our header to the history after replaying it.
-    remember(frameKey(header));
+    sock.send(s.header);
+    replay = everJoined ? { cursor: 0, held: [] } : null;
     setState("online", "Online");
     setStatus(`Connected to ${s.channel} as ${s.uid}.`);
     if (everJoined) note("Reconnected");
@@ -195,10 +230,7 @@ function connect() {
   sock.onmessage = (ev) => {
     if (ws !== sock) return;
     if (ui.messages.getAttribute("aria-busy") === "true") settleSoon();
-    const key = frameKey(ev.data);
-    if (isReplayed(key)) return;
-    remember(key);
-    show(ev.data);
+    receive(ev.data);
   };
   sock.onerror = () => {}; // a close event always follows, with what we can know
   sock.onclose = (ev) => {
@@ -212,10 +244,14 @@ function connect() {
       session = null;
       setState("offline", "Offline");
       showJoin();
-      setStatus(`Could not join: ${why}.`);
+      // The server's reasons already say "Cannot join: …".
+      setStatus(ev.reason.startsWith("Cannot join") ? `${why}.` : `Could not join: ${why}.`);
       if (/auth|key/i.test(ev.reason)) {
         ui.more.open = true;
-        fieldError(ui.key, "The server did not accept this key");
+        fieldError(
+          ui.key,
+          ui.key.value === "" ? "This server needs a key" : "The server did not accept this key",
+        );
         ui.key.focus();
       } else if (/already joined/i.test(ev.reason)) {
         fieldError(ui.uid, "This name is already in the channel");
@@ -237,7 +273,7 @@ function scheduleReconnect(why) {
   const delay = Math.round(ceiling / 2 + Math.random() * ceiling / 2);
   attempt++;
   const seconds = Math.max(1, Math.round(delay / 1000));
-  setState("waiting", "Offline");
+  setState("waiting", "Reconnecting");
   setStatus(`Disconnected: ${why}. Reconnecting in ${seconds} s…`, { retry: true });
   clearTimeout(retryTimer);
   retryTimer = setTimeout(connect, delay);
@@ -246,7 +282,10 @@ function scheduleReconnect(why) {
 /** Marks the log as settled once the history burst after a join has paused. */
 function settleSoon() {
   clearTimeout(quietTimer);
-  quietTimer = setTimeout(() => ui.messages.removeAttribute("aria-busy"), REPLAY_QUIET_MS);
+  quietTimer = setTimeout(() => {
+    ui.messages.removeAttribute("aria-busy");
+    if (replay) endReplay();
+  }, REPLAY_QUIET_MS);
 }
 
 // ---------------------------------------------------------------------------
@@ -427,7 +466,8 @@ ui.joinForm.addEventListener("submit", (ev) => {
   }
   savePrefs(uid, channel);
   const key = ui.key.value;
-  session = { uid, channel, server, auth: mlesAuth(uid, channel, key) };
+  const auth = mlesAuth(uid, channel, key);
+  session = { uid, channel, server, header: JSON.stringify({ uid, channel, auth }) };
   attempt = 0;
   everJoined = false;
   clearMessages();
