@@ -24,7 +24,8 @@
  * second when stderr is a terminal, and a final line on exit (SIGINT/SIGTERM).
  *
  * Both modes reconnect after a disconnect with capped exponential backoff
- * and jitter. Imports: src/auth.ts, src/dedupe.ts, src/frame.ts (type),
+ * and jitter. Exit status: 0 at end of input (interactive) or on SIGINT/SIGTERM
+ * (proxy), 130 on SIGINT/SIGTERM in interactive mode, 2 for a usage error. Imports: src/auth.ts, src/dedupe.ts, src/frame.ts (type),
  * node:util (argument parsing; `@std/cli` is on JSR, which we cannot reach).
  */
 import { parseArgs } from "node:util";
@@ -226,7 +227,7 @@ export function backoffMs(
 export type LinkEvent =
   | { type: "open" }
   | { type: "up" }
-  | { type: "closed"; code: number; reason: string; retryInMs: number };
+  | { type: "closed"; opened: boolean; code: number; reason: string; retryInMs: number };
 
 /** Options for {@link Link}. */
 export interface LinkOptions {
@@ -326,7 +327,9 @@ export class Link {
       this.#attempt = 0;
       this.#o.onEvent?.({ type: "up" });
     };
+    let openedAt = 0;
     ws.onopen = () => {
+      openedAt = Date.now();
       ws.send(this.#o.header);
       for (const f of this.#outbox.splice(0)) ws.send(f.data as string);
       this.#o.onEvent?.({ type: "open" });
@@ -347,7 +350,8 @@ export class Link {
       closed.resolve();
       if (this.#stopped) return;
       const retryInMs = backoffMs(this.#attempt++, this.#o.backoff);
-      this.#o.onEvent?.({ type: "closed", code: ev.code, reason: ev.reason, retryInMs });
+      const opened = openedAt !== 0;
+      this.#o.onEvent?.({ type: "closed", opened, code: ev.code, reason: ev.reason, retryInMs });
       this.#timer = setTimeout(() => this.#connect(), retryInMs);
     };
   }
@@ -402,9 +406,10 @@ async function* readLines(stream: ReadableStream<Uint8Array>): AsyncGenerator<st
   if (rest) yield rest;
 }
 
-function describeClose(e: { code: number; reason: string; retryInMs: number }): string {
+function describeClose(e: Extract<LinkEvent, { type: "closed" }>): string {
   const why = e.reason ? ` ${JSON.stringify(e.reason)}` : "";
-  return `closed (${e.code}${why}); reconnecting in ${(e.retryInMs / 1000).toFixed(1)} s`;
+  const what = e.opened ? `closed (${e.code}${why})` : "cannot connect";
+  return `${what}; reconnecting in ${(e.retryInMs / 1000).toFixed(1)} s`;
 }
 
 /** Resolves on the first SIGINT or SIGTERM. */
