@@ -69,8 +69,12 @@ function compressible(type: string): boolean {
 
 /** Below this, compression saves less than its headers cost. */
 const MIN_COMPRESS_BYTES = 256;
-/** Above this, files are streamed as they are: compressing would block the isolate too long. */
-const MAX_COMPRESS_BYTES = 8 << 20;
+/**
+ * Files up to this size are read whole (and compressed when their type is
+ * text); bigger ones are streamed as they are, since compressing them in one
+ * synchronous call would block the isolate for too long.
+ */
+const MAX_BUFFERED_BYTES = 8 << 20;
 /** Longest URL path considered at all. */
 const MAX_PATH = 4096;
 
@@ -284,6 +288,7 @@ export function createStaticHandler(options: StaticHandlerOptions): StaticHandle
         const index = await inside(root, join(real, "index.html"));
         if (!index) return undefined;
         if (!url.pathname.endsWith("/")) {
+          // Never an open redirect: segmentsOf refused "//", so this stays a path on this host.
           return new Response(null, {
             status: 301,
             headers: { location: url.pathname + "/" + url.search },
@@ -305,7 +310,7 @@ export function createStaticHandler(options: StaticHandlerOptions): StaticHandle
       "x-content-type-options": "nosniff",
     });
     const canCompress = compressible(type) && info.size >= MIN_COMPRESS_BYTES &&
-      info.size <= MAX_COMPRESS_BYTES;
+      info.size <= MAX_BUFFERED_BYTES;
     if (canCompress) headers.set("vary", "Accept-Encoding");
     if (mtime) headers.set("last-modified", mtime.toUTCString());
 
@@ -346,7 +351,7 @@ export function createStaticHandler(options: StaticHandlerOptions): StaticHandle
         headers.set("content-length", String(body?.byteLength ?? info.size));
         return new Response(null, { headers });
       }
-      if (body || info.size <= MAX_COMPRESS_BYTES) {
+      if (body || info.size <= MAX_BUFFERED_BYTES) {
         const bytes = await read();
         headers.set("content-length", String(bytes.byteLength));
         return new Response(bytes as BodyInit, { headers });

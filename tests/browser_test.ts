@@ -243,6 +243,19 @@ Deno.test("browser: two pages join one channel; what one sends shows on the othe
   assert.equal(await alice.getAttribute("#messages", "aria-live"), "polite");
   await screenshot(bob, "browser-two-pages.png");
 
+  // The same name in a second tab is a duplicate session: refused, and the page says why.
+  const again = await b.open(server.url);
+  await join(again, { uid: "alice", channel: "general", wait: false });
+  await again.waitForSelector("#uid-error:not(:empty)");
+  assert.equal(
+    await status(again),
+    "Cannot join: the same uid, channel and auth are already joined (code 1008).",
+  );
+  assert.equal(
+    await again.textContent("#uid-error"),
+    "This name is already in the channel, maybe in another tab",
+  );
+
   // uid and channel are remembered across a reload; the key never is.
   await bob.reload();
   assert.equal(await bob.inputValue("#uid"), "bob");

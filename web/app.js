@@ -178,8 +178,10 @@ function setState(state, label) {
   ui.send.disabled = state !== "online" || ui.text.value.trim() === "";
 }
 
-function setStatus(text, { retry = false } = {}) {
+/** Sets the status line; `error` colours it as a problem the user must act on. */
+function setStatus(text, { retry = false, error = false } = {}) {
   ui.status.textContent = text;
+  ui.status.dataset.tone = error ? "error" : "";
   ui.retry.hidden = !retry;
 }
 
@@ -208,7 +210,7 @@ function connect() {
   } catch {
     showJoin();
     fieldError(ui.server, "This is not a WebSocket URL (ws:// or wss://)");
-    setStatus("Cannot connect: check the server URL.");
+    setStatus("Cannot connect: check the server URL.", { error: true });
     return;
   }
   sock.binaryType = "arraybuffer";
@@ -245,17 +247,20 @@ function connect() {
       setState("offline", "Offline");
       showJoin();
       // The server's reasons already say "Cannot join: …".
-      setStatus(ev.reason.startsWith("Cannot join") ? `${why}.` : `Could not join: ${why}.`);
-      if (/auth|key/i.test(ev.reason)) {
+      setStatus(ev.reason.startsWith("Cannot join") ? `${why}.` : `Could not join: ${why}.`, {
+        error: true,
+      });
+      // Point at the field to fix (reasons from src/close.ts; mles-rs sends none).
+      if (/already joined/i.test(ev.reason)) {
+        fieldError(ui.uid, "This name is already in the channel, maybe in another tab");
+        ui.uid.focus();
+      } else if (/^Cannot join: auth/i.test(ev.reason)) {
         ui.more.open = true;
         fieldError(
           ui.key,
           ui.key.value === "" ? "This server needs a key" : "The server did not accept this key",
         );
         ui.key.focus();
-      } else if (/already joined/i.test(ev.reason)) {
-        fieldError(ui.uid, "This name is already in the channel");
-        ui.uid.focus();
       }
       return;
     }
@@ -461,7 +466,7 @@ ui.joinForm.addEventListener("submit", (ev) => {
   const { uid, channel, server, problems } = validate();
   if (problems.length > 0) {
     problems[0].focus();
-    setStatus("Please fix the highlighted fields.");
+    setStatus("Please fix the highlighted fields.", { error: true });
     return;
   }
   savePrefs(uid, channel);
