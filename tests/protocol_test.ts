@@ -196,8 +196,8 @@ Deno.test("join: the newcomer gets history oldest first, then its header is appe
 
 Deno.test("join: the header is not sent live to members already in the channel", async () => {
   await using s = await startServer();
-  await using a = await TestClient.open(s.wsUrl, header("a", "q"));
-  await waitFor(() => s.server.hub.memberCount === 1, "a joined");
+  await using g = await joinInOrder(s, header("a", "q"));
+  const [a] = g.clients;
   await using b = await TestClient.open(s.wsUrl, header("b", "q"));
   assert.equal(text(await b.next()), JSON.stringify(header("a", "q")));
   b.send("after-join");
