@@ -296,12 +296,11 @@ function settleSoon() {
 // ---------------------------------------------------------------------------
 // The message list
 
-const AVATAR_HUES = 360;
-
+/** A stable avatar hue (0-359) for a uid, so each person keeps one colour. */
 function hue(uid) {
   let h = 0;
   for (let i = 0; i < uid.length; i++) h = (h * 31 + uid.charCodeAt(i)) >>> 0;
-  return h % AVATAR_HUES;
+  return h % 360;
 }
 
 /**
