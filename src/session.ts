@@ -157,6 +157,7 @@ export function runSession(socket: WebSocket, ctx: SessionContext, peer: string)
       early = [];
       for (const f of queued) publish(m, f);
     }, (err) => {
+      if (state === "closed") return; // the socket went first (e.g. shutdown): nothing to tell
       log.error("join failed", { peer, uid: h.uid, channel: h.channel, error: err });
       closeQuietly(socket, CLOSE.storeFailed);
     });
