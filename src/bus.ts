@@ -53,7 +53,11 @@ export interface Bus {
    * cannot be read; the caller then has no subscription.
    */
   subscribe(channel: string): Promise<void>;
-  /** Stops following `channel`. Frames already queued by `publish` are still stored. */
+  /**
+   * Stops following `channel` (also while its `subscribe` is still pending;
+   * a later `subscribe` starts afresh). Frames already queued by `publish`
+   * are still stored.
+   */
   unsubscribe(channel: string): void;
   /**
    * Queues a frame this isolate already delivered to its own members. It is

@@ -57,7 +57,8 @@ export interface ServerDeps {
 
 /**
  * Builds a server. Opens KV at `config.kvPath` unless `deps.kv` is given.
- * @throws Error naming MLES_KV and the path if KV cannot be opened.
+ * @throws {StartError} naming the setting (MLES_KV, MLES_WWWROOT) and the
+ * cause when KV cannot be opened or written, or the web root is unusable.
  */
 export async function createServer(config: Config, deps: ServerDeps = {}): Promise<Server> {
   const log = deps.log ?? new Logger(config.logLevel);
