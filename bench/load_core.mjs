@@ -181,6 +181,30 @@ export function procTree(root) {
 
 const CLK_TCK = 100;
 
+/** Busy and total ticks of each core (cpu0, cpu1, ...) from /proc/stat. */
+export function coreTicks() {
+  return readFileSync("/proc/stat", "utf8").split("\n").filter((l) =>
+    /^cpu\d+ /.test(l)
+  ).map(
+    (l) => {
+      const f = l.split(/\s+/).slice(1).map(Number);
+      const idle = f[3] + f[4];
+      const total = f.slice(0, 8).reduce((a, b) => a + b, 0);
+      return { busy: total - idle, total };
+    },
+  );
+}
+
+/**
+ * Each core's busy share between two samples (0..1).
+ * @param {ReturnType<typeof coreTicks>} a @param {ReturnType<typeof coreTicks>} b
+ */
+export function busy(a, b) {
+  return b.map((x, i) =>
+    round((x.busy - a[i].busy) / Math.max(1, x.total - a[i].total), 2)
+  );
+}
+
 /**
  * Scrapes mles-deno's /metrics until every isolate seen so far was seen again
  * or `tries` ran out (`deno serve --parallel` answers each request from one
@@ -489,6 +513,7 @@ export async function runLoad(o, env) {
         ? await scrapeMetrics(o.metrics)
         : undefined;
       const cpuBefore = o.serverPid ? procTree(o.serverPid).ticks : 0;
+      const cores0 = coreTicks();
       const genCpu0 = process.cpuUsage();
       const t0 = now();
       phase = PHASE_MEASURE;
@@ -517,6 +542,7 @@ export async function runLoad(o, env) {
       }
       const genCpu = process.cpuUsage(genCpu0);
       const cpuAfter = o.serverPid ? procTree(o.serverPid).ticks : 0;
+      const cores1 = coreTicks();
       const tEnd = lastDeliveryAt > t0 ? lastDeliveryAt : now();
       const secs = (tEnd - t0) / 1000;
       const metricsAfter = o.metrics
@@ -539,6 +565,7 @@ export async function runLoad(o, env) {
         foreign,
         stalls: pubs.reduce((a, p) => a + p.stalls, 0),
         closedEarly,
+        coreBusy: busy(cores0, cores1),
         latencyUs: latency(),
         receiverMeanUs: receiverMeans(),
         serverCpu: o.serverPid
@@ -689,6 +716,8 @@ export async function runLoad(o, env) {
    */
   async function probeChannels(from, to, deadline) {
     let expect = probesSeen;
+    /** @type {{ ws: any, buf: Uint8Array }[]} */
+    const senders = [];
     for (let c = from; c < to; c++) {
       const members = peers.filter((p) => p.channel === c);
       if (members.length === 0) continue;
@@ -713,12 +742,21 @@ export async function runLoad(o, env) {
         done: true,
       });
       first.ws.send(buf);
+      senders.push({ ws: first.ws, buf });
     }
+    // The server may still be reading some members' headers when a probe
+    // arrives on another connection (nothing orders two sockets), so probes
+    // are repeated until everyone has one; receivers count only their first.
+    let resendAt = now() + 500;
     while (probesSeen < expect) {
       if (now() > deadline) {
         throw new Error(`probe: only ${probesSeen}/${expect} joined`);
       }
       await sleep(20);
+      if (now() > resendAt) {
+        for (const x of senders) x.ws.send(x.buf);
+        resendAt = now() + 500;
+      }
     }
   }
 

@@ -11,9 +11,10 @@
  *   deno task bench [--only W1,W3] [--reps 3] [--seconds 3] [--warmup 1]
  *                   [--candidates deno-baseline,ours] [--gen deno|node] [--verbose]
  *
- * Imports: candidates, workloads.
+ * Imports: candidates, workloads, load_core (/proc helpers).
  */
 import { parseArgs } from "node:util";
+import { busy, coreTicks } from "./load_core.mjs";
 import {
   type Candidate,
   candidates,
@@ -33,6 +34,7 @@ const { values: flags } = parseArgs({
     candidates: { type: "string" },
     gen: { type: "string", default: "node" },
     settle: { type: "string", default: "3" },
+    "max-seconds": { type: "string", default: "570" },
     out: { type: "string" },
     "no-install": { type: "boolean", default: false },
     verbose: { type: "boolean", default: false },
@@ -45,7 +47,7 @@ if (flags.help) {
       WORKLOADS.map((w) => w.id).join(",")
     }] [--reps 3] [--seconds 3]
   [--warmup 1] [--candidates deno-baseline,node-ws,bun,ours,ours-multi] [--gen deno|node]
-  [--settle 3] [--out bench/out/NAME.jsonl] [--no-install] [--verbose]
+  [--settle 3] [--max-seconds 570] [--out bench/out/NAME.jsonl] [--no-install] [--verbose]
 --settle S: before each run wait up to S s (45 s in all) for both cores to be
   under 25% busy (the machine is shared); the load seen is recorded.
 Default: every workload except ${
@@ -163,10 +165,23 @@ for (const w of selected) {
 log(`${plan.length} runs, results to ${outPath.slice(ROOT.length + 1)}`);
 
 let n = 0;
+let cut = 0;
+const limitS = Number(flags["max-seconds"]);
 for (const p of plan) {
   n++;
+  // Stay inside the time limit: skip runs that would not finish before it.
+  const same = runs.filter((r) => r.workload === p.w.id);
+  const guess = same.length
+    ? same.reduce((a, r) => a + r.runSeconds, 0) / same.length
+    : 10;
+  if ((performance.now() - started) / 1000 + guess > limitS) {
+    cut++;
+    continue;
+  }
+  const t = performance.now();
   const preBusy = await settle();
-  const r = { ...await runOne(p.w, p.c, p.gen, p.rep), preBusy };
+  const r: Run = { ...await runOne(p.w, p.c, p.gen, p.rep), preBusy };
+  r.runSeconds = round((performance.now() - t) / 1000, 2);
   runs.push(r);
   writeLine(r);
   log(
@@ -191,6 +206,12 @@ for (const w of selected) {
   const rows = summarize(w);
   if (rows.length === 0) continue;
   md.push("", `### ${w.id}: ${w.title}`, "", ...table(w, rows));
+}
+if (cut) {
+  md.push(
+    "",
+    `- ${cut} of ${plan.length} runs skipped to stay within --max-seconds ${limitS}`,
+  );
 }
 const skipped = allCandidates.filter((c) => c.skip);
 if (skipped.length) {
@@ -276,7 +297,6 @@ async function runOne(
     const genCmd = gen === "node"
       ? ["node", "bench/load.mjs", ...args]
       : [Deno.execPath(), "run", "-A", "bench/load.ts", ...args];
-    const cores0 = coreTicks();
     const g = new Deno.Command("sh", {
       args: ["-c", `${fdLimit} exec taskset -c 1 "$@"`, "sh", ...genCmd],
       cwd: ROOT,
@@ -293,7 +313,6 @@ async function runOne(
     }, 180_000);
     const o = await g.output();
     clearTimeout(killer);
-    const cores1 = coreTicks();
     const stdout = new TextDecoder().decode(o.stdout).trim().split("\n");
     const last = stdout.reverse().find((l) => l.startsWith("{"));
     if (!last) {
@@ -315,7 +334,6 @@ async function runOne(
       generator: gen,
       generatorRuntime: result.generator,
       startSeconds: round(startSeconds, 2),
-      coreBusy: busy(cores0, cores1),
     };
   } catch (err) {
     return {
@@ -365,7 +383,11 @@ function nodeGeneratorRuns(): boolean {
   }
 }
 
-/** SIGTERM to the server's process group, SIGKILL after 5 s. */
+/**
+ * SIGTERM to the server's process group, SIGKILL after 1 s: the clients are
+ * gone by then, and a graceful shutdown is not what is measured (mles-deno
+ * may wait up to MLES_SHUTDOWN_TIMEOUT_MS for close handshakes).
+ */
 async function stop(p: Deno.ChildProcess): Promise<void> {
   const signal = (s: Deno.Signal) => {
     try {
@@ -375,7 +397,7 @@ async function stop(p: Deno.ChildProcess): Promise<void> {
     }
   };
   signal("SIGTERM");
-  const timer = setTimeout(() => signal("SIGKILL"), 5000);
+  const timer = setTimeout(() => signal("SIGKILL"), 1000);
   await p.status;
   clearTimeout(timer);
   signal("SIGKILL"); // stragglers of the group (deno task's children)
@@ -400,28 +422,6 @@ function freePort(): number {
   const port = (l.addr as Deno.NetAddr).port;
   l.close();
   return port;
-}
-
-/** Busy and total ticks of cpu0 and cpu1 from /proc/stat. */
-function coreTicks(): { busy: number; total: number }[] {
-  const lines = Deno.readTextFileSync("/proc/stat").split("\n").filter((l) =>
-    /^cpu\d+ /.test(l)
-  );
-  return lines.map((l) => {
-    const f = l.split(/\s+/).slice(1).map(Number);
-    const idle = f[3] + f[4];
-    const total = f.slice(0, 8).reduce((a, b) => a + b, 0);
-    return { busy: total - idle, total };
-  });
-}
-
-function busy(
-  a: ReturnType<typeof coreTicks>,
-  b: ReturnType<typeof coreTicks>,
-): number[] {
-  return b.map((x, i) =>
-    round((x.busy - a[i].busy) / Math.max(1, x.total - a[i].total), 2)
-  );
 }
 
 function brief(r: Run): string {
@@ -503,7 +503,7 @@ function summarize(w: Workload): Row[] {
     });
   }
   const base = rows.find((r) =>
-    r.candidate === "deno-baseline" &&
+    r.candidate === (w.reference ?? "deno-baseline") &&
     r.generator === (w.generators?.[0] ?? flags.gen)
   );
   for (const r of rows) {
@@ -531,7 +531,9 @@ function table(w: Workload, rows: Row[]): string[] {
   const out: string[] = [];
   if (w.primary === "rssPerConnectionKiB") {
     out.push(
-      "| server | KiB per idle connection | vs deno-baseline | RSS with 10k joined, MiB | join 10k, s |",
+      `| server | KiB per idle connection | vs ${
+        w.reference ?? "deno-baseline"
+      } | RSS with 10k joined, MiB | join 10k, s |`,
     );
     out.push("| --- | --- | --- | --- | --- |");
     for (const r of rows) {
@@ -547,7 +549,9 @@ function table(w: Workload, rows: Row[]): string[] {
   }
   const kv = rows.some((r) => r.s.kvCommitsPerFrameIn);
   out.push(
-    `| server | deliveries/s | p50 ms | p99 ms | p999 ms | vs deno-baseline (${
+    `| server | deliveries/s | p50 ms | p99 ms | p999 ms | vs ${
+      w.reference ?? "deno-baseline"
+    } (${
       w.primary === "deliveriesPerSecond" ? "deliveries/s" : w.primary
     }) | lost / dup / order | server CPU | gen CPU | others' load |${
       kv

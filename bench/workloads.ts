@@ -24,6 +24,8 @@ export interface Workload {
   readonly hosts?: number;
   /** Overrides the run's generator (GEN compares both). */
   readonly generators?: string[];
+  /** The candidate ratios are taken against (default deno-baseline). */
+  readonly reference?: string;
   /** Not in the default set. */
   readonly optional?: boolean;
 }
@@ -172,6 +174,7 @@ export const WORKLOADS: readonly Workload[] = [
     ],
     primary: "p99",
     candidates: ["ours", "ours-multi"],
+    reference: "ours",
   },
   {
     id: "GEN",
