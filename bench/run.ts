@@ -586,11 +586,13 @@ function table(w: Workload, rows: Row[]): string[] {
   if (w.generators) {
     out.push(
       "",
-      "| generator | deliveries/s per generator CPU-second |",
-      "| --- | --- |",
+      "| server | generator | deliveries/s per generator CPU-second |",
+      "| --- | --- | --- |",
     );
     for (const r of rows) {
-      out.push(`| ${r.generator} | ${mm(r.s.perGenCore, int)} |`);
+      out.push(
+        `| ${r.candidate} | ${r.generator} | ${mm(r.s.perGenCore, int)} |`,
+      );
     }
   }
   return out;

@@ -179,7 +179,7 @@ export const WORKLOADS: readonly Workload[] = [
   {
     id: "GEN",
     title:
-      "load generator per core: W1 on the Deno baseline, Deno vs Node generator",
+      "load generator per core: W1 on the Deno baseline and on Bun, Deno vs Node generator",
     args: [
       "--channels",
       "1",
@@ -195,7 +195,7 @@ export const WORKLOADS: readonly Workload[] = [
       "32",
     ],
     primary: "deliveriesPerSecond",
-    candidates: ["deno-baseline"],
+    candidates: ["deno-baseline", "bun"], // on Bun the generator is the limit
     generators: ["deno", "node"],
     optional: true,
   },

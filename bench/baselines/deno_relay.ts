@@ -54,6 +54,9 @@ Deno.serve({ port, hostname: "0.0.0.0", onListen: () => {} }, (req) => {
   return response;
 });
 
+// Exit cleanly on SIGTERM so `deno run --cpu-prof` writes its profile (bench/profile.ts).
+Deno.addSignalListener("SIGTERM", () => Deno.exit(0));
+
 function parseHeader(
   text: string,
 ): { uid: string; channel: string } | undefined {
