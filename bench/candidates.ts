@@ -123,6 +123,8 @@ export async function candidates(
       cmd: () => [
         deno,
         "run",
+        "--config",
+        "deno.json",
         "--allow-net",
         "--allow-env",
         "bench/baselines/deno_relay.ts",

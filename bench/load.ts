@@ -3,8 +3,11 @@
  * The load generator on Deno (its built-in WebSocket client). Same options
  * and output as `load.mjs` on Node; the work is in `load_core.mjs`.
  *
- *   deno run -A bench/load.ts --url ws://127.0.0.1:8000/ --subs 100 --pubs 1 --bytes 64
- *   deno run -A bench/load.ts --help
+ *   deno run -A --config deno.json bench/load.ts --url ws://127.0.0.1:8000/ --subs 100 --bytes 64
+ *   deno run -A --config deno.json bench/load.ts --help
+ *
+ * (`--config deno.json`: otherwise Deno takes bench/package.json, which is
+ * there for Bun and the Node generator, as this file's config.)
  */
 import { formatTable, parseOptions, runLoad, USAGE } from "./load_core.mjs";
 

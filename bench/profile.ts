@@ -5,8 +5,10 @@
  * core 1, stops it with SIGTERM (both Deno servers exit cleanly on it, which
  * writes the profile), then sums self time per function and per bucket from
  * the V8 `.cpuprofile`. Only the Deno candidates can be profiled this way.
+ * (`--config deno.json` everywhere: bench/package.json, there for Bun and the
+ * Node generator, would otherwise be the config Deno finds for bench/ files.)
  *
- *   deno run -A bench/profile.ts [--candidate deno-baseline|ours] [--workload W1] [--seconds 5]
+ *   deno run -A --config deno.json bench/profile.ts [--candidate deno-baseline|ours] [--workload W1] [--seconds 5]
  *
  * Imports: workloads.
  */
@@ -31,6 +33,8 @@ if (!w) throw new Error(`Unknown workload ${flags.workload}`);
 const COMMANDS: Record<string, (dir: string) => string[]> = {
   "deno-baseline": (dir) => [
     "run",
+    "--config",
+    "deno.json",
     "--cpu-prof",
     `--cpu-prof-dir=${dir}`,
     "--allow-net",
@@ -89,9 +93,15 @@ for (const name of flags.candidate!.split(",")) {
     String(server.pid),
     "--quiet",
   ];
-  const gen = flags.gen === "node"
-    ? ["node", "bench/load.mjs", ...args]
-    : [Deno.execPath(), "run", "-A", "bench/load.ts", ...args];
+  const gen = flags.gen === "node" ? ["node", "bench/load.mjs", ...args] : [
+    Deno.execPath(),
+    "run",
+    "-A",
+    "--config",
+    "deno.json",
+    "bench/load.ts",
+    ...args,
+  ];
   const out = await new Deno.Command("taskset", {
     args: ["-c", "1", ...gen],
     cwd: ROOT,

@@ -294,9 +294,15 @@ async function runOne(
       ...(c.metrics ? ["--metrics", c.metrics(port)] : []),
       ...(flags.verbose ? [] : ["--quiet"]),
     ];
-    const genCmd = gen === "node"
-      ? ["node", "bench/load.mjs", ...args]
-      : [Deno.execPath(), "run", "-A", "bench/load.ts", ...args];
+    const genCmd = gen === "node" ? ["node", "bench/load.mjs", ...args] : [
+      Deno.execPath(),
+      "run",
+      "-A",
+      "--config",
+      "deno.json",
+      "bench/load.ts",
+      ...args,
+    ];
     const g = new Deno.Command("sh", {
       args: ["-c", `${fdLimit} exec taskset -c 1 "$@"`, "sh", ...genCmd],
       cwd: ROOT,
