@@ -10,6 +10,9 @@ import { CLOSE } from "./close.ts";
 import { closeQuietly, runSession, type SessionContext } from "./session.ts";
 import type { Metrics } from "./metrics.ts";
 
+/** How long a client has to complete a close the server started. */
+const CLOSE_GRACE_MS = 2000;
+
 /** The subprotocol every Mles client offers and the server echoes (SPEC section 1). */
 export const SUBPROTOCOL = "mles-websocket";
 
@@ -126,8 +129,26 @@ export function createHttpHandler(ctx: HttpContext): HttpHandler {
     });
     ctx.metrics.connections++;
     sockets.add(socket);
-    socket.addEventListener("close", () => sockets.delete(socket));
-    runSession(socket, ctx.session, peer);
+    let stuck: ReturnType<typeof setTimeout> | undefined;
+    socket.addEventListener("close", () => {
+      clearTimeout(stuck);
+      sockets.delete(socket);
+    });
+    // Deno keeps a server socket CLOSING for as long as the client neither
+    // answers the close nor drops TCP (denoland/deno#27924), and offers no way
+    // to force it shut. Such a socket stops counting here after a grace
+    // period, so silent clients cannot use up MLES_MAX_CONNECTIONS.
+    const onClosing = () => {
+      if (stuck !== undefined) return;
+      stuck = setTimeout(() => {
+        if (socket.readyState === WebSocket.CLOSED || !sockets.delete(socket)) return;
+        ctx.metrics.abandonedSockets++;
+        ctx.session.log.warn("client never completed the close; socket no longer counted", {
+          peer,
+        });
+      }, CLOSE_GRACE_MS);
+    };
+    runSession(socket, ctx.session, peer, onClosing);
     return response;
   };
 

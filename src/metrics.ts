@@ -22,6 +22,7 @@ export class Metrics {
   kvWatchWakeups = 0;
   busGaps = 0;
   connections = 0;
+  abandonedSockets = 0;
   readonly rejected = new Map<string, number>();
   readonly dropped = new Map<string, number>();
 
@@ -77,6 +78,11 @@ export class Metrics {
     counter("mles_kv_reads_total", "KV read operations (get, getMany, list pages)", this.kvReads);
     counter("mles_kv_watch_wakeups_total", "kv.watch notifications handled", this.kvWatchWakeups);
     counter("mles_bus_gaps_total", "Times a reader found history trimmed past it", this.busGaps);
+    counter(
+      "mles_abandoned_sockets_total",
+      "Sockets whose client never completed a close the server started (no longer counted)",
+      this.abandonedSockets,
+    );
     for (
       const [name, map, help] of [
         ["mles_rejections_total", this.rejected, "Joins or frames refused, by close code"],

@@ -78,10 +78,21 @@ function frameSize(frame: Frame): number {
 /**
  * Runs the Mles session on an upgraded socket (SPEC sections 2, 3 and 5).
  * Returns at once; the socket's events drive the rest. `peer` (remote
- * address) is used in log lines only.
+ * address) is used in log lines only; `onClosing` is called whenever the
+ * session starts closing the socket.
  */
-export function runSession(socket: WebSocket, ctx: SessionContext, peer: string): void {
+export function runSession(
+  socket: WebSocket,
+  ctx: SessionContext,
+  peer: string,
+  onClosing?: () => void,
+): void {
   const { hub, config, log } = ctx;
+  /** Every close this session starts goes through here, so the transport can watch it finish. */
+  const closeSocket = (close: Close) => {
+    closeQuietly(socket, close);
+    onClosing?.();
+  };
   socket.binaryType = "arraybuffer";
   let state: "header" | "joining" | "joined" | "closed" = "header";
   let identity: string | undefined;
@@ -96,7 +107,7 @@ export function runSession(socket: WebSocket, ctx: SessionContext, peer: string)
     get bufferedAmount() {
       return socket.bufferedAmount;
     },
-    close: (close) => closeQuietly(socket, close),
+    close: (close) => closeSocket(close),
   };
 
   // Closing a TCP socket that still has unread input makes the kernel send a
@@ -110,7 +121,7 @@ export function runSession(socket: WebSocket, ctx: SessionContext, peer: string)
   const flushDrain = () => {
     if (!drain) return;
     clearTimeout(drain.timer);
-    closeQuietly(socket, drain.close);
+    closeSocket(drain.close);
     drain = undefined;
   };
 
@@ -142,24 +153,30 @@ export function runSession(socket: WebSocket, ctx: SessionContext, peer: string)
         h.channel,
       );
     }
-    const id = `${h.uid}\0${h.channel}\0${h.auth ?? ""}`;
+    // JSON, not a separator: uid and channel may contain any ASCII, NUL included.
+    const id = JSON.stringify([h.uid, h.channel, h.auth ?? null]);
     if (!hub.claim(id)) return reject(CLOSE.duplicateSession, h.uid, h.channel);
     identity = id;
     fromPeer = h.uid.startsWith(PEER_UID_PREFIX);
     state = "joining";
     hub.join(member, h.channel, { header: frame }).then((m) => {
       if (!m) return;
-      if (state !== "joining") return m.leave();
+      const queued = early;
+      early = [];
+      if (state !== "joining") {
+        // Header, frames and close came together (`echo hi | websocat`): the
+        // frames were accepted before the close, so they still go out.
+        for (const f of queued) publish(m, f);
+        return m.leave();
+      }
       membership = m;
       state = "joined";
       log.info("joined", { peer, uid: h.uid, channel: h.channel });
-      const queued = early;
-      early = [];
       for (const f of queued) publish(m, f);
     }, (err) => {
       if (state === "closed") return; // the socket went first (e.g. shutdown): nothing to tell
       log.error("join failed", { peer, uid: h.uid, channel: h.channel, error: err });
-      closeQuietly(socket, CLOSE.storeFailed);
+      closeSocket(CLOSE.storeFailed);
     });
   };
 
@@ -196,11 +213,12 @@ export function runSession(socket: WebSocket, ctx: SessionContext, peer: string)
 
   function end() {
     if (state === "closed" && membership === undefined && identity === undefined) return;
+    // Frames held during a join stay queued: the join publishes them, then leaves.
+    if (state !== "joining") early = [];
     state = "closed";
     clearTimeout(headerTimer);
     membership?.leave();
     membership = undefined;
-    early = [];
     if (identity !== undefined) hub.release(identity);
     identity = undefined;
   }
