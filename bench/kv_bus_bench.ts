@@ -181,16 +181,13 @@ async function throughput(
   }
   return {
     rate: so.count / secs,
-    commitsPerFrame:
-      (after.mles_kv_commits_total - before.mles_kv_commits_total) / sent,
+    commitsPerFrame: (after.mles_kv_commits_total - before.mles_kv_commits_total) / sent,
   };
 }
 
 const median = (xs: number[]) => {
   const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2
-    ? s[(s.length - 1) / 2]
-    : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
 };
 const fmt = (xs: number[], digits = 2) =>
   `${median(xs).toFixed(digits)} (${Math.min(...xs).toFixed(digits)}-${
@@ -202,9 +199,7 @@ const add = (k: string, v: number) => (results[k] ??= []).push(v);
 for (let r = 0; r < REPS; r++) {
   // Interleave scenarios within each repetition (A B C A B C ...).
   for (
-    const mode of values.only!.includes("latency")
-      ? ["moderate", "saturation"] as const
-      : []
+    const mode of values.only!.includes("latency") ? ["moderate", "saturation"] as const : []
   ) {
     const x = await latency(mode);
     add(`${mode}.cross.p50.ms`, x.crossP50);

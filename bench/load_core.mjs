@@ -183,9 +183,7 @@ const CLK_TCK = 100;
 
 /** Busy and total ticks of each core (cpu0, cpu1, ...) from /proc/stat. */
 export function coreTicks() {
-  return readFileSync("/proc/stat", "utf8").split("\n").filter((l) =>
-    /^cpu\d+ /.test(l)
-  ).map(
+  return readFileSync("/proc/stat", "utf8").split("\n").filter((l) => /^cpu\d+ /.test(l)).map(
     (l) => {
       const f = l.split(/\s+/).slice(1).map(Number);
       const idle = f[3] + f[4];
@@ -200,9 +198,7 @@ export function coreTicks() {
  * @param {ReturnType<typeof coreTicks>} a @param {ReturnType<typeof coreTicks>} b
  */
 export function busy(a, b) {
-  return b.map((x, i) =>
-    round((x.busy - a[i].busy) / Math.max(1, x.total - a[i].total), 2)
-  );
+  return b.map((x, i) => round((x.busy - a[i].busy) / Math.max(1, x.total - a[i].total), 2));
 }
 
 /**
@@ -420,9 +416,7 @@ export async function runLoad(o, env) {
       ((t - lastProgress.t) / 1000);
     lastProgress = { t, delivered };
     log(
-      `[${o.label || "load"}] ${stage} t=${
-        ((t - t0All) / 1000).toFixed(1)
-      }s open=${opened}` +
+      `[${o.label || "load"}] ${stage} t=${((t - t0All) / 1000).toFixed(1)}s open=${opened}` +
         ` ready=${readyReceivers}/${receivers} sent=${
           pubs.reduce((a, p) => a + p.sentMeasured, 0)
         } delivered=${delivered} rate=${Math.round(rate)}/s`,
@@ -468,8 +462,7 @@ export async function runLoad(o, env) {
   async function measureRun(joinDeadline) {
     await connectChannels(0, o.channels, joinDeadline);
     // Receivers that expect warm-up frames (a lone publisher expects none).
-    receivers =
-      peers.filter((p) => pubsPerChannel - (p.pubIdx >= 0 ? 1 : 0) > 0).length;
+    receivers = peers.filter((p) => pubsPerChannel - (p.pubIdx >= 0 ? 1 : 0) > 0).length;
     for (const peer of peers) {
       if (peer.pubIdx < 0) designated[peer.channel] = peer; // the last subscriber joined
     }
@@ -509,9 +502,7 @@ export async function runLoad(o, env) {
         await sleep(20);
       }
       stage = "measure";
-      const metricsBefore = o.metrics
-        ? await scrapeMetrics(o.metrics)
-        : undefined;
+      const metricsBefore = o.metrics ? await scrapeMetrics(o.metrics) : undefined;
       const cpuBefore = o.serverPid ? procTree(o.serverPid).ticks : 0;
       const cores0 = coreTicks();
       const genCpu0 = process.cpuUsage();
@@ -545,9 +536,7 @@ export async function runLoad(o, env) {
       const cores1 = coreTicks();
       const tEnd = lastDeliveryAt > t0 ? lastDeliveryAt : now();
       const secs = (tEnd - t0) / 1000;
-      const metricsAfter = o.metrics
-        ? await scrapeMetrics(o.metrics)
-        : undefined;
+      const metricsAfter = o.metrics ? await scrapeMetrics(o.metrics) : undefined;
       Object.assign(result, {
         ok: true,
         seconds: round(secs, 3),
@@ -568,13 +557,9 @@ export async function runLoad(o, env) {
         coreBusy: busy(cores0, cores1),
         latencyUs: latency(),
         receiverMeanUs: receiverMeans(),
-        serverCpu: o.serverPid
-          ? round((cpuAfter - cpuBefore) / CLK_TCK / secs, 2)
-          : undefined,
+        serverCpu: o.serverPid ? round((cpuAfter - cpuBefore) / CLK_TCK / secs, 2) : undefined,
         generatorCpu: round((genCpu.user + genCpu.system) / 1e6 / secs, 2),
-        ...(o.mode === "max"
-          ? { window: o.window }
-          : { ratePerPublisher: o.rate }),
+        ...(o.mode === "max" ? { window: o.window } : { ratePerPublisher: o.rate }),
       });
       if (metricsBefore && metricsAfter) {
         result.metrics = metricsDelta(metricsBefore, metricsAfter);
@@ -601,9 +586,9 @@ export async function runLoad(o, env) {
    * one show up as the low and the high end.
    */
   function receiverMeans() {
-    const m = peers.filter((p) => p.latCount > 0).map((p) =>
-      p.latSum / p.latCount
-    ).sort((a, b) => a - b);
+    const m = peers.filter((p) => p.latCount > 0).map((p) => p.latSum / p.latCount).sort((a, b) =>
+      a - b
+    );
     if (m.length === 0) return undefined;
     return {
       min: Math.round(m[0]),
@@ -700,9 +685,7 @@ export async function runLoad(o, env) {
     }
     for (let i = 0; i < plan.length; i += o.connectBatch) {
       const base = peers.length;
-      const batch = plan.slice(i, i + o.connectBatch).map(([c, p], j) =>
-        open(c, p, base + j)
-      );
+      const batch = plan.slice(i, i + o.connectBatch).map(([c, p], j) => open(c, p, base + j));
       peers.push(
         ...await withDeadline(Promise.all(batch), deadline, "connect"),
       );
@@ -785,10 +768,7 @@ export async function runLoad(o, env) {
       /** @type {number | undefined} */ a,
       /** @type {number | undefined} */ b,
       /** @type {number} */ n,
-    ) =>
-      a !== undefined && b !== undefined && n > 0
-        ? round((b - a) / n, 2)
-        : undefined;
+    ) => a !== undefined && b !== undefined && n > 0 ? round((b - a) / n, 2) : undefined;
     Object.assign(result, {
       ok: true,
       connections: peers.length,
@@ -835,12 +815,8 @@ function metricsDelta(before, after) {
     framesOut: fout,
     kvCommits: sum.mles_kv_commits_total ?? 0,
     kvReads: sum.mles_kv_reads_total ?? 0,
-    kvCommitsPerFrameIn: fin
-      ? round((sum.mles_kv_commits_total ?? 0) / fin, 4)
-      : undefined,
-    kvReadsPerFrameOut: fout
-      ? round((sum.mles_kv_reads_total ?? 0) / fout, 4)
-      : undefined,
+    kvCommitsPerFrameIn: fin ? round((sum.mles_kv_commits_total ?? 0) / fin, 4) : undefined,
+    kvReadsPerFrameOut: fout ? round((sum.mles_kv_reads_total ?? 0) / fout, 4) : undefined,
   };
 }
 
@@ -922,9 +898,7 @@ export function formatTable(results) {
       String(r.generatorCpu),
     ]);
   }
-  const w = rows[0].map((_, i) =>
-    Math.max(...rows.map((r) => (r[i] ?? "").length))
-  );
+  const w = rows[0].map((_, i) => Math.max(...rows.map((r) => (r[i] ?? "").length)));
   return rows.map((r) => r.map((c, i) => (c ?? "").padEnd(w[i])).join("  "))
     .join("\n");
 }

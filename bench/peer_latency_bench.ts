@@ -104,9 +104,7 @@ for (let r = 0; r < REPS; r++) {
 }
 const median = (xs: number[]) => {
   const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2
-    ? s[(s.length - 1) / 2]
-    : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
 };
 console.log(
   `\nPeering hops, ${RATE} frames/s for ${SECONDS} s, ${REPS} reps, median (min-max):\n`,

@@ -113,9 +113,7 @@ for (const name of flags.candidate!.split(",")) {
   );
   server.kill("SIGTERM");
   await server.status;
-  const file = [...Deno.readDirSync(dir)].find((e) =>
-    e.name.endsWith(".cpuprofile")
-  );
+  const file = [...Deno.readDirSync(dir)].find((e) => e.name.endsWith(".cpuprofile"));
   console.log(
     `\n## ${name} under ${w.id}: ${result.deliveriesPerSecond} deliveries/s, server CPU ${result.serverCpu}`,
   );
@@ -155,9 +153,7 @@ function report(
   for (const [id, us] of self) {
     const f = byId.get(id)!.callFrame;
     const where = f.url.replace(`file://${ROOT}/`, "").replace(/^ext:/, "ext:");
-    const key = `${f.functionName || "(anonymous)"} ${
-      where ? `${where}:${f.lineNumber + 1}` : ""
-    }`;
+    const key = `${f.functionName || "(anonymous)"} ${where ? `${where}:${f.lineNumber + 1}` : ""}`;
     fn.set(key, (fn.get(key) ?? 0) + us);
     const b = f.functionName === "(idle)"
       ? "idle (waiting for I/O)"

@@ -112,8 +112,7 @@ export const WORKLOADS: readonly Workload[] = [
   },
   {
     id: "W5",
-    title:
-      "idle: 10,000 joined connections (100 channels x 100) -> server RSS per connection",
+    title: "idle: 10,000 joined connections (100 channels x 100) -> server RSS per connection",
     args: [
       "--channels",
       "100",
@@ -135,8 +134,7 @@ export const WORKLOADS: readonly Workload[] = [
   },
   {
     id: "W6",
-    title:
-      "multi-isolate throughput: 1 channel, 20 subs, 1 pub, 64 B, max rate; 2 isolates on KV",
+    title: "multi-isolate throughput: 1 channel, 20 subs, 1 pub, 64 B, max rate; 2 isolates on KV",
     args: [
       "--channels",
       "1",
@@ -156,8 +154,7 @@ export const WORKLOADS: readonly Workload[] = [
   },
   {
     id: "W6L",
-    title:
-      "multi-isolate latency: 1 channel, 20 subs, 1 pub at 200 frames/s; 2 isolates on KV",
+    title: "multi-isolate latency: 1 channel, 20 subs, 1 pub at 200 frames/s; 2 isolates on KV",
     args: [
       "--channels",
       "1",
@@ -178,8 +175,7 @@ export const WORKLOADS: readonly Workload[] = [
   },
   {
     id: "GEN",
-    title:
-      "load generator per core: W1 on the Deno baseline and on Bun, Deno vs Node generator",
+    title: "load generator per core: W1 on the Deno baseline and on Bun, Deno vs Node generator",
     args: [
       "--channels",
       "1",

@@ -37,9 +37,7 @@ Bun.serve({
     maxPayloadLength: 4 * 1024 * 1024,
     message(ws, message) {
       if (ws.data.channel === undefined) {
-        const h = typeof message === "string"
-          ? parseHeader(message)
-          : undefined;
+        const h = typeof message === "string" ? parseHeader(message) : undefined;
         if (h === undefined) return ws.close(1008, "Cannot join: bad header");
         ws.data.channel = h.channel;
         ws.subscribe(h.channel);

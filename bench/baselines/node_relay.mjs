@@ -18,8 +18,7 @@ const wss = new WebSocketServer({
   port,
   clientTracking: false,
   maxPayload: 4 * 1024 * 1024,
-  handleProtocols: (offered) =>
-    offered.has("mles-websocket") ? "mles-websocket" : false,
+  handleProtocols: (offered) => offered.has("mles-websocket") ? "mles-websocket" : false,
   verifyClient: (info, done) => {
     const offered = (info.req.headers["sec-websocket-protocol"] ?? "").split(
       ",",
