@@ -156,9 +156,11 @@ function report(
     const key = `${f.functionName || "(anonymous)"} ${where ? `${where}:${f.lineNumber + 1}` : ""}`;
     fn.set(key, (fn.get(key) ?? 0) + us);
     const b = f.functionName === "(idle)"
-      ? "idle (waiting for I/O)"
+      ? "(idle): no JS running (the Rust event loop, socket writes, waiting)"
       : f.functionName === "(garbage collector)"
       ? "garbage collector"
+      : f.functionName.startsWith("op_")
+      ? "Deno ops (Rust, entered from JS)"
       : f.functionName === "(program)"
       ? "(program): native, outside JS"
       : where.startsWith("src/") || where.startsWith("bench/") ||
