@@ -1,9 +1,10 @@
 /**
  * @module
  * The servers `run.ts` compares: three baseline relays (Deno, Node + ws,
- * Bun pub/sub) and mles-deno itself, one isolate (`deno task start`) or two
- * (`deno task start:multi`). Each knows how to install what it needs, how to
- * start on a port, and how to tell it is ready. Imports: load_core.mjs only.
+ * Bun pub/sub) and mles-deno itself, one isolate (`deno task start`, KV bus
+ * or, as `ours-memory`, the memory bus) or two (`deno task start:multi`).
+ * Each knows how to install what it needs, how to start on a port, and how to
+ * tell it is ready. Imports: load_core.mjs only.
  */
 import { scrapeMetrics } from "./load_core.mjs";
 
@@ -152,6 +153,14 @@ export async function candidates(
       skip: oursSkip,
       cmd: () => [deno, "task", "--quiet", "start"],
       env: oursEnv,
+      metrics: (port) => `http://127.0.0.1:${port}/metrics`,
+    },
+    {
+      // Not in any default list: separates the KV bus's cost from the rest of ours.
+      name: "ours-memory",
+      skip: oursSkip,
+      cmd: () => [deno, "task", "--quiet", "start"],
+      env: (port, tmp) => ({ ...oursEnv(port, tmp), MLES_BUS: "memory" }),
       metrics: (port) => `http://127.0.0.1:${port}/metrics`,
     },
     {

@@ -38,8 +38,11 @@ const { values: flags } = parseArgs({
 if (flags.help) {
   console.log(
     `deno task bench [--only ${WORKLOADS.map((w) => w.id).join(",")}] [--reps 3] [--seconds 3]
-  [--warmup 1] [--candidates deno-baseline,node-ws,bun,ours,ours-multi] [--gen deno|node]
+  [--warmup 1] [--candidates deno-baseline,node-ws,bun,ours,ours-memory,ours-multi]
+  [--gen deno|node]
   [--settle 3] [--max-seconds 570] [--out bench/out/NAME.jsonl] [--no-install] [--verbose]
+--candidates: run exactly these on every selected workload (default: each
+  workload's own list; ours-memory, ours with MLES_BUS=memory, only on request).
 --settle S: before each run wait up to S s (45 s in all) for both cores to be
   under 25% busy (the machine is shared); the load seen is recorded.
 Default: every workload except ${WORKLOADS.filter((w) => w.optional).map((w) => w.id).join(", ")}.`,
@@ -134,9 +137,18 @@ for (const c of allCandidates) {
 const runs: Run[] = [];
 const plan: { w: Workload; c: Candidate; gen: string; rep: number }[] = [];
 for (const w of selected) {
-  const cands = workloadCandidates(w)
-    .map((n) => allCandidates.find((c) => c.name === n)!)
-    .filter((c) => !c.skip && (!wantCands || wantCands.includes(c.name)));
+  // --candidates replaces every selected workload's own list.
+  const cands = (wantCands ?? workloadCandidates(w))
+    .map((n) => {
+      const c = allCandidates.find((c) => c.name === n);
+      if (!c) {
+        throw new Error(
+          `Unknown candidate ${n}: pick from ${allCandidates.map((c) => c.name).join(", ")}`,
+        );
+      }
+      return c;
+    })
+    .filter((c) => !c.skip);
   const gens = w.generators ?? [flags.gen!];
   for (let rep = 1; rep <= REPS; rep++) {
     for (const c of cands) {
