@@ -104,6 +104,12 @@ function storedBytes(f: Frame): number {
   return f.kind === "binary" ? f.data.byteLength : f.data.length * 2;
 }
 
+/** Bytes a frame adds to an append commit: its data when inline, a small pointer when chunked. */
+function commitBytes(f: Frame): number {
+  const size = storedBytes(f);
+  return size <= INLINE_MAX ? size : 64;
+}
+
 function isLocked(err: unknown): boolean {
   return err instanceof Error && /database is locked|busy/i.test(err.message);
 }
@@ -399,8 +405,7 @@ export class KvBus implements Bus {
     let bytes = 0;
     let n = 0;
     for (; n < st.queue.length && n < COMMIT_FRAMES; n++) {
-      const size = storedBytes(st.queue[n].frame);
-      const inline = size <= INLINE_MAX ? size : 64;
+      const inline = commitBytes(st.queue[n].frame);
       if (n > 0 && bytes + inline > COMMIT_BYTES) break;
       bytes += inline;
     }
@@ -535,7 +540,7 @@ export class KvBus implements Bus {
       st.head = undefined;
       await this.#readMeta(st);
       let bytes = 0;
-      for (const v of values) bytes += v.d === undefined ? 64 : storedBytes(toFrame(v));
+      for (const d of batch) bytes += commitBytes(d.frame);
       while (st.queue.length > 0 && batch.length < COMMIT_FRAMES) {
         const size = storedBytes(st.queue[0].frame);
         if (size > INLINE_MAX || bytes + size > COMMIT_BYTES) break;
@@ -750,12 +755,6 @@ function split(f: Frame): (string | Uint8Array)[] {
     i = end;
   }
   return out;
-}
-
-function toFrame(v: StoredFrame): Frame {
-  return v.t === 0
-    ? { kind: "text", data: v.d as string }
-    : { kind: "binary", data: v.d as Uint8Array };
 }
 
 function concat(parts: Uint8Array[]): Uint8Array {

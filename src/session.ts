@@ -131,8 +131,8 @@ export function runSession(
     closeAfterDrain(close);
   };
 
-  const publish = (m: Membership, frame: Frame) => {
-    ctx.onFrame?.(frameSize(frame));
+  const publish = (m: Membership, frame: Frame, size = frameSize(frame)) => {
+    ctx.onFrame?.(size);
     if (fromPeer && ctx.peerDuplicate?.(frame)) return;
     m.publish(frame);
   };
@@ -191,11 +191,12 @@ export function runSession(
     if (state === "header") return onFirstFrame(frame);
     if (state === "closed") return;
     let refused: Close | undefined;
+    let size: number | undefined; // measured once, when a check needs it
     if (exceedsBytes(frame, config.maxFrameBytes)) {
       refused = CLOSE.frameTooBig(frameSize(frame), config.maxFrameBytes);
     } else if (frameRate && !frameRate.take(1)) {
       refused = CLOSE.tooManyFrames(config.maxFramesPerS);
-    } else if (byteRate && !byteRate.take(frameSize(frame))) {
+    } else if (byteRate && !byteRate.take(size = frameSize(frame))) {
       refused = CLOSE.tooManyBytes(config.maxBytesPerS);
     }
     if (refused) {
@@ -208,7 +209,7 @@ export function runSession(
       early.push(frame);
       return;
     }
-    publish(membership!, frame);
+    publish(membership!, frame, size);
   };
 
   function end() {
