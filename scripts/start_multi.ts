@@ -4,19 +4,46 @@
  * isolate per `DENO_JOBS`, default: one per core) on `PORT` (default 8000),
  * all sharing one KV file (`MLES_KV`, default `.data/mles.sqlite3`), so
  * frames cross isolates through Deno KV exactly as on Deploy.
+ *
+ * The file may be anywhere: this launcher creates its folder and gives the
+ * server write access to that folder only (SQLite also writes `-wal` and
+ * `-shm` files beside it). It says at start which file it uses.
  * Forwards SIGINT/SIGTERM to the server and exits with it.
  */
+import { dirname, resolve } from "node:path";
+
 const env = Deno.env.toObject();
 const port = env.PORT ?? "8000";
 const kvPath = env.MLES_KV ?? ".data/mles.sqlite3";
-if (!kvPath.includes("://") && kvPath !== ":memory:") {
-  const dir = kvPath.includes("/") ? kvPath.slice(0, kvPath.lastIndexOf("/")) : ".";
-  Deno.mkdirSync(dir, { recursive: true });
-}
 if (kvPath === ":memory:") {
   console.error("start:multi needs a shared KV: MLES_KV=:memory: is private to each isolate");
   Deno.exit(2);
 }
+const remote = kvPath.includes("://");
+// A KV Connect URL needs no file access; a file path is made absolute so the
+// message and the permission name the same folder whatever the cwd.
+const kv = remote ? kvPath : resolve(kvPath);
+let writeFlag = "--allow-write";
+if (!remote) {
+  const dir = dirname(kv);
+  try {
+    Deno.mkdirSync(dir, { recursive: true });
+  } catch (err) {
+    console.error(
+      `Cannot start: cannot create the folder of MLES_KV=${JSON.stringify(kvPath)} (${dir}): ${
+        err instanceof Error ? err.message : err
+      }`,
+    );
+    Deno.exit(1);
+  }
+  writeFlag = `--allow-write=${dir}`;
+}
+const jobs = env.DENO_JOBS ?? String(navigator.hardwareConcurrency);
+console.error(
+  `start:multi: ${jobs} isolates on port ${port}, sharing the KV ${
+    remote ? "at" : "file"
+  } MLES_KV=${kv}`,
+);
 const child = new Deno.Command(Deno.execPath(), {
   args: [
     "serve",
@@ -25,13 +52,13 @@ const child = new Deno.Command(Deno.execPath(), {
     "--allow-net",
     "--allow-env",
     "--allow-read",
-    "--allow-write",
+    writeFlag,
     "--port",
     port,
     new URL("../main.ts", import.meta.url).pathname,
     ...Deno.args,
   ],
-  env: { ...env, MLES_KV: kvPath },
+  env: { ...env, MLES_KV: kv },
 }).spawn();
 for (const sig of ["SIGINT", "SIGTERM"] as const) {
   Deno.addSignalListener(sig, () => {
