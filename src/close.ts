@@ -55,6 +55,8 @@ export const CLOSE = {
   }),
   sendFailed: { code: 1011, reason: "Send failed" },
   storeFailed: { code: 1011, reason: "Cannot store frame: history store unavailable" },
+  /** The store queue is full or this publisher has its share of it waiting (bus.publish refused). */
+  storeBusy: { code: 1013, reason: "Server busy: too many frames waiting to be stored, slow down" },
   shuttingDown: { code: 1001, reason: "Server is shutting down" },
 } as const;
 

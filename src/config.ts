@@ -50,6 +50,12 @@ export interface Config {
   readonly tlsKey: string | undefined;
   /** How long a frame may keep failing to store before its sender is closed (1011). */
   readonly storeTimeoutMs: number;
+  /** Bytes waiting to be stored in KV per isolate; a publisher past it (or past a quarter of it) is closed with 1013. */
+  readonly storeQueueBytes: number;
+  /** Bytes of history kept beyond the replayed window for lagging isolates. */
+  readonly readerSlackBytes: number;
+  /** A KV commit waits this many ms after its first frame to gather more (fewer commits and write units). */
+  readonly batchDelayMs: number;
   /** Shutdown finishes (or is cut short) within this many ms. */
   readonly shutdownTimeoutMs: number;
   /** Peer Mles servers (ws:// or wss:// URLs) to bridge channels with. */
@@ -135,6 +141,9 @@ const schema = z.object({
   MLES_TLS_CERT: optionalText,
   MLES_TLS_KEY: optionalText,
   MLES_STORE_TIMEOUT_MS: int("MLES_STORE_TIMEOUT_MS", 100, 3_600_000, 30_000),
+  MLES_STORE_QUEUE_BYTES: int("MLES_STORE_QUEUE_BYTES", 1024, 16 * 1024 * MiB, 64 * MiB),
+  MLES_READER_SLACK_BYTES: int("MLES_READER_SLACK_BYTES", 0, 1024 * MiB, 4 * MiB),
+  MLES_BATCH_DELAY_MS: int("MLES_BATCH_DELAY_MS", 0, 10_000, 5),
   MLES_SHUTDOWN_TIMEOUT_MS: int("MLES_SHUTDOWN_TIMEOUT_MS", 100, 600_000, 4_000),
   MLES_PEERS: z.string().optional().transform((raw, ctx) => {
     const list = (raw ?? "").split(",").map((u) => u.trim()).filter((u) => u !== "");
@@ -195,6 +204,11 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
       `Cannot start: MLES_MAX_BUFFERED_BYTES must be at least MLES_MAX_FRAME_BYTES (${e.MLES_MAX_FRAME_BYTES}): current value is "${e.MLES_MAX_BUFFERED_BYTES}"`,
     );
   }
+  if (e.MLES_STORE_QUEUE_BYTES < e.MLES_MAX_FRAME_BYTES) {
+    throw new ConfigError(
+      `Cannot start: MLES_STORE_QUEUE_BYTES must be at least MLES_MAX_FRAME_BYTES (${e.MLES_MAX_FRAME_BYTES}): current value is "${e.MLES_STORE_QUEUE_BYTES}"`,
+    );
+  }
   if ((e.MLES_TLS_CERT === undefined) !== (e.MLES_TLS_KEY === undefined)) {
     throw new ConfigError(
       "Cannot start: MLES_TLS_CERT and MLES_TLS_KEY must be set together: only " +
@@ -223,6 +237,9 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     tlsCert: e.MLES_TLS_CERT,
     tlsKey: e.MLES_TLS_KEY,
     storeTimeoutMs: e.MLES_STORE_TIMEOUT_MS,
+    storeQueueBytes: e.MLES_STORE_QUEUE_BYTES,
+    readerSlackBytes: e.MLES_READER_SLACK_BYTES,
+    batchDelayMs: e.MLES_BATCH_DELAY_MS,
     shutdownTimeoutMs: e.MLES_SHUTDOWN_TIMEOUT_MS,
     peers: e.MLES_PEERS,
     peerChannels: e.MLES_PEER_CHANNELS,

@@ -13,19 +13,44 @@ export type Frame =
 /**
  * A frame travelling through one channel. `id` is unique across every isolate
  * and restart (origin isolate + counter), so the same frame seen through two
- * paths (a live delivery and a history read) can be recognised. `seq` is the
- * frame's position in the channel's commit order; a frame published on this
- * isolate has none until its commit succeeds (the bus sets it then).
+ * paths (a live delivery and a history read) can be recognised. `pos` is the
+ * frame's {@link Position} in the channel's commit order; a frame published
+ * on this isolate has none until its commit succeeds (the bus sets it then).
  */
 export interface Delivery {
   readonly id: string;
   readonly frame: Frame;
   /** Commit-ordered position in the channel, set once stored. */
-  seq?: number;
+  pos?: Position;
   /** A join header: stored in history, never delivered live (SPEC section 3). */
   readonly historyOnly?: boolean;
   /** Opaque handle of the local publisher, so a frame that cannot be stored can be traced to it. */
   readonly source?: object;
+}
+
+/**
+ * Where a stored frame sits in its channel's one order: the same string on
+ * every isolate, and for two frames of one channel `a < b` (plain string
+ * comparison) exactly when `a` was committed before `b`. It is the commit's
+ * versionstamp (20 hex digits) followed by the frame's index in that
+ * commit's batch (4 hex digits), so it never goes back, across restarts and
+ * channel expiry included.
+ */
+export type Position = string;
+
+/** The position of frame `index` of the batch stored by the commit `versionstamp`. */
+export function position(versionstamp: string, index: number): Position {
+  return versionstamp + index.toString(16).padStart(4, "0");
+}
+
+/** The commit versionstamp part of a position. */
+export function positionStamp(pos: Position): string {
+  return pos.slice(0, 20);
+}
+
+/** Bytes of the frame on the wire (UTF-8 for text). */
+export function frameBytes(frame: Frame): number {
+  return frame.kind === "binary" ? frame.data.byteLength : utf8Length(frame.data);
 }
 
 /**

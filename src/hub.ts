@@ -10,7 +10,7 @@
  */
 import type { Bus } from "./bus.ts";
 import { CLOSE, type Close } from "./close.ts";
-import { type Delivery, type Frame, utf8Length } from "./frame.ts";
+import { type Delivery, type Frame, type Position, utf8Length } from "./frame.ts";
 
 /** One local connection as the hub sees it. */
 export interface Member {
@@ -62,6 +62,11 @@ interface Slot {
   readonly member: Member;
   /** Live deliveries held back while this member's history is being read; null once live. */
   buffer: Delivery[] | null;
+  /**
+   * The newest stored position this member has been sent (or that its
+   * history covered): a frame at or before it is never sent to it again.
+   */
+  after: Position;
   left: boolean;
   /** Join completed (counted in joinedCount). */
   live: boolean;
@@ -154,7 +159,7 @@ export class Hub {
       ch.ready.catch(() => {}); // observed below by every joiner
     }
     const bridge = options.bridge ?? false;
-    const slot: Slot = { member, buffer: [], left: false, live: false, bridge };
+    const slot: Slot = { member, buffer: [], left: false, live: false, bridge, after: "" };
     ch.slots.set(member, slot);
     this.#members++;
     if (!bridge && ch.clients++ === 0) this.#opts.onChannelActive?.(channel, true);
@@ -170,15 +175,17 @@ export class Hub {
           if (!this.#deliver(ch, slot, d.frame)) return undefined;
         }
       }
+      slot.after = history.lastPos;
       const buffered = slot.buffer!;
       slot.buffer = null;
       if (buffered.length > 0) {
         const seen = new Set(history.deliveries.map((d) => d.id));
         for (const d of buffered) {
-          // Stored at or before the history point, or read as part of it: already sent.
-          if (d.seq !== undefined && d.seq <= history.lastSeq) continue;
+          // Read as part of history (by id: this isolate's unstored frames
+          // have no position yet), or stored at or before its boundary.
           if (seen.has(d.id)) continue;
-          if (!this.#deliver(ch, slot, d.frame)) return undefined;
+          this.#deliverLive(ch, slot, d);
+          if (slot.left) return undefined;
         }
       }
     } catch (err) {
@@ -188,7 +195,11 @@ export class Hub {
       });
     }
     if (options.header) {
-      this.#bus.publish(channel, { id: this.#newId(), frame: options.header, historyOnly: true });
+      const h: Delivery = { id: this.#newId(), frame: options.header, historyOnly: true };
+      if (!this.#bus.publish(channel, h)) {
+        this.#drop(ch, slot, CLOSE.storeBusy);
+        return undefined;
+      }
     }
     slot.live = true;
     this.#joined++;
@@ -197,8 +208,10 @@ export class Hub {
       publish: (frame) => {
         if (slot.left) return;
         const d: Delivery = { id: this.#newId(), frame, source: member };
+        // Queued for storage first: a publisher the store cannot keep up
+        // with is closed, and its frame goes nowhere (not half-delivered).
+        if (!this.#bus.publish(channel, d)) return this.#drop(joined, slot, CLOSE.storeBusy);
         this.#fanout(joined, d, member);
-        this.#bus.publish(channel, d);
       },
       leave: () => this.#remove(joined, slot),
     };
@@ -241,9 +254,22 @@ export class Hub {
     for (const slot of ch.slots.values()) {
       if (slot.member === sender) continue;
       if (slot.buffer) slot.buffer.push(d);
-      else if (this.#deliver(ch, slot, d.frame)) sent++;
+      else if (this.#deliverLive(ch, slot, d)) sent++;
     }
     if (sent > 0) this.#opts.onSent?.(sent);
+  }
+
+  /**
+   * Sends a live frame unless the member already has it: a stored frame at
+   * or before the member's position came with its history (or earlier).
+   * False if not sent (already had it, or the member was dropped).
+   */
+  #deliverLive(ch: Channel, slot: Slot, d: Delivery): boolean {
+    if (d.pos !== undefined) {
+      if (d.pos <= slot.after) return false;
+      slot.after = d.pos;
+    }
+    return this.#deliver(ch, slot, d.frame);
   }
 
   /** Sends to one member; on failure or overflow drops that member only. False if dropped. */

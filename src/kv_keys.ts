@@ -31,20 +31,37 @@ export function shardOf(chKey: string): number {
   return h % SHARDS;
 }
 
-/** Every key the KV bus uses. */
+/**
+ * Sorts after every versionstamp (20 hex digits) under a channel's entries,
+ * so a list "after my cursor" ends with the trim mark and reads it for free.
+ */
+const TRIM_MARK = "~trim";
+
+/** Every key the KV bus uses. `stamp` is a versionstamp string or `kv.commitVersionstamp()`. */
 export const keys = {
-  /** Channel head: `{ head, big }`, checked by every append (one order per channel). */
-  meta: (ch: string): Deno.KvKey => [ROOT, "c", ch],
-  /** One stored frame at its sequence number. */
-  entry: (ch: string, seq: number): Deno.KvKey => [ROOT, "h", ch, seq],
-  /** Prefix of a channel's stored frames. */
-  entries: (ch: string): Deno.KvKey => [ROOT, "h", ch],
-  /** Piece `i` of a frame too large for one value (64 KiB), by frame id. */
+  /**
+   * The frames one commit stored for one channel (one value, at most 64 KiB),
+   * keyed by that commit's versionstamp: appends never conflict and list in
+   * commit order.
+   */
+  entry: (ch: string, stamp: string | symbol): Deno.KvKey => [ROOT, "e", ch, stamp],
+  /** Prefix of a channel's entries (the trim mark lists last). */
+  entries: (ch: string): Deno.KvKey => [ROOT, "e", ch],
+  /** `{ v }`: every entry of the channel at or before versionstamp `v` has been deleted. */
+  trimMark: (ch: string): Deno.KvKey => [ROOT, "e", ch, TRIM_MARK],
+  /** Piece `i` of a frame too large for one value, by frame id. */
   chunk: (ch: string, frameId: string, i: number): Deno.KvKey => [ROOT, "x", ch, frameId, i],
-  /** Watched key of a shard: bumped by every append to a channel of that shard. */
+  /** Watched key of a shard: bumped by every commit that stores frames of that shard's channels. */
   signal: (shard: number): Deno.KvKey => [ROOT, "s", shard],
-  /** Prefix of a shard's "which channel moved" log, ordered by commit versionstamp. */
-  movedLog: (shard: number): Deno.KvKey => [ROOT, "m", shard],
+  /** Prefix of a shard's "which channels moved" log, in commit order. */
+  movedLog: (shard: number): Deno.KvKey => [ROOT, "mv", shard],
+  /** One commit's record in a shard's moved log. */
+  moved: (shard: number, stamp: string | symbol): Deno.KvKey => [ROOT, "mv", shard, stamp],
   /** Health probe key (read only). */
   health: (): Deno.KvKey => [ROOT, "health"],
 } as const;
+
+/** True when a listed entry key is the trim mark, not a stored batch. */
+export function isTrimMark(key: Deno.KvKey): boolean {
+  return key[3] === TRIM_MARK;
+}

@@ -5,12 +5,14 @@
  * because there is no other isolate. Imports: bus, frame.
  */
 import type { Bus, BusHandler, History } from "./bus.ts";
-import type { Delivery } from "./frame.ts";
+import { type Delivery, position } from "./frame.ts";
 
 /** {@link Bus} held in this isolate's memory. */
 export class MemoryBus implements Bus {
   readonly #limit: number;
-  readonly #channels = new Map<string, { head: number; log: Delivery[] }>();
+  readonly #channels = new Map<string, { log: Delivery[] }>();
+  /** One counter for all channels, like a commit versionstamp. */
+  #stamp = 0;
 
   /** `limit`: frames of history kept per channel. */
   constructor(limit: number) {
@@ -25,19 +27,22 @@ export class MemoryBus implements Bus {
 
   unsubscribe(_channel: string): void {}
 
-  publish(channel: string, delivery: Delivery): void {
+  /** Always stores at once (memory is bounded by the history limit): never refuses. */
+  publish(channel: string, delivery: Delivery): boolean {
     let ch = this.#channels.get(channel);
-    if (!ch) this.#channels.set(channel, ch = { head: 0, log: [] });
-    delivery.seq = ++ch.head;
+    if (!ch) this.#channels.set(channel, ch = { log: [] });
+    delivery.pos = position((++this.#stamp).toString(16).padStart(20, "0"), 0);
     ch.log.push(delivery);
     // Trim in batches so the array shift cost stays amortised O(1).
     if (ch.log.length >= this.#limit * 2) ch.log.splice(0, ch.log.length - this.#limit);
+    return true;
   }
 
   history(channel: string): Promise<History> {
     const ch = this.#channels.get(channel);
-    if (!ch) return Promise.resolve({ deliveries: [], lastSeq: 0 });
-    return Promise.resolve({ deliveries: ch.log.slice(-this.#limit), lastSeq: ch.head });
+    if (!ch) return Promise.resolve({ deliveries: [], lastPos: "" });
+    const deliveries = ch.log.slice(-this.#limit);
+    return Promise.resolve({ deliveries, lastPos: ch.log.at(-1)?.pos ?? "" });
   }
 
   close(): Promise<void> {

@@ -21,6 +21,20 @@ export class Metrics {
   kvReads = 0;
   kvWatchWakeups = 0;
   busGaps = 0;
+  /** Deploy-style KV write units: 1 per KiB (rounded up) per key written, 1 per sum or delete. */
+  kvWriteUnits = 0;
+  /** Deploy-style KV read units: 1 per 4 KiB (rounded up) per key read. */
+  kvReadUnits = 0;
+  /** Commits still waiting after min(2 s, half the store timeout). */
+  kvCommitsSlow = 0;
+  /** Frames refused because the store queue or the publisher's share of it was full. */
+  storeRefusals = 0;
+  /** Frames not stored within the store timeout. */
+  storeFailures = 0;
+  /** Stored batches deleted by retention. */
+  trimmedBatches = 0;
+  /** Bytes waiting to be stored now (a gauge kept by the writer). */
+  storeQueueBytes = 0;
   connections = 0;
   abandonedSockets = 0;
   readonly rejected = new Map<string, number>();
@@ -78,6 +92,41 @@ export class Metrics {
     counter("mles_kv_reads_total", "KV read operations (get, getMany, list pages)", this.kvReads);
     counter("mles_kv_watch_wakeups_total", "kv.watch notifications handled", this.kvWatchWakeups);
     counter("mles_bus_gaps_total", "Times a reader found history trimmed past it", this.busGaps);
+    counter(
+      "mles_kv_write_units_total",
+      "KV write units as Deploy bills them (1 KiB per key written)",
+      this.kvWriteUnits,
+    );
+    counter(
+      "mles_kv_read_units_total",
+      "KV read units as Deploy bills them (4 KiB per key read)",
+      this.kvReadUnits,
+    );
+    counter(
+      "mles_kv_commits_slow_total",
+      "KV commits that kept waiting (logged as 'KV commit still waiting')",
+      this.kvCommitsSlow,
+    );
+    counter(
+      "mles_store_refusals_total",
+      "Frames refused because the store queue was full (publisher closed 1013)",
+      this.storeRefusals,
+    );
+    counter(
+      "mles_store_failures_total",
+      "Frames not stored within MLES_STORE_TIMEOUT_MS (publisher closed 1011)",
+      this.storeFailures,
+    );
+    counter(
+      "mles_trimmed_batches_total",
+      "Stored batches deleted by retention",
+      this.trimmedBatches,
+    );
+    out.push(
+      "# HELP mles_store_queue_bytes Bytes waiting to be stored in KV on this isolate",
+      "# TYPE mles_store_queue_bytes gauge",
+      `mles_store_queue_bytes{${l}} ${this.storeQueueBytes}`,
+    );
     counter(
       "mles_abandoned_sockets_total",
       "Sockets whose client never completed a close the server started (no longer counted)",

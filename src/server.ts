@@ -103,8 +103,13 @@ export async function createServer(config: Config, deps: ServerDeps = {}): Promi
   const bus: Bus = config.bus === "kv"
     ? new KvBus(kv!, {
       historyLimit: config.historyLimit,
+      historyMaxBytes: config.historyMaxBytes,
+      readerSlackBytes: config.readerSlackBytes,
       ttlMs: config.channelTtlDays * 86_400_000,
       storeTimeoutMs: config.storeTimeoutMs,
+      storeQueueBytes: config.storeQueueBytes,
+      sourceQueueBytes: Math.max(config.maxFrameBytes, Math.floor(config.storeQueueBytes / 4)),
+      batchDelayMs: config.batchDelayMs,
       origin,
       metrics,
       log,

@@ -5,6 +5,7 @@
 import assert from "node:assert/strict";
 import type { Bus } from "../src/bus.ts";
 import type { Delivery } from "../src/frame.ts";
+import { waitFor } from "./_helpers.ts";
 
 /** Makes a fresh bus with the given history limit; `close` releases it and its store. */
 export type MakeBus = (limit: number) => Promise<{ bus: Bus; close(): Promise<void> }>;
@@ -16,15 +17,14 @@ const text = (s: string, historyOnly = false): Delivery => ({
   historyOnly,
 });
 
+/** Waits until every delivery has its position (stored); fails after 10 s. */
 async function settle(deliveries: Delivery[]): Promise<void> {
-  for (let i = 0; i < 500 && deliveries.some((d) => d.seq === undefined); i++) {
-    await new Promise((r) => setTimeout(r, 2));
-  }
+  await waitFor(() => deliveries.every((d) => d.pos !== undefined), "frames stored", 10_000);
 }
 
 /** Registers the shared bus tests under `name`. */
 export function busContract(name: string, make: MakeBus): void {
-  Deno.test(`${name}: frames from one publisher are stored in publish order with increasing seqs`, async () => {
+  Deno.test(`${name}: frames from one publisher are stored in publish order with increasing positions`, async () => {
     const { bus, close } = await make(100);
     try {
       bus.listen({ onFrames: () => {}, onPublishFailed: () => {} });
@@ -32,10 +32,11 @@ export function busContract(name: string, make: MakeBus): void {
       const ds = Array.from({ length: 50 }, (_, i) => text(`m${i}`));
       for (const d of ds) bus.publish("order", d);
       await settle(ds);
-      for (let i = 1; i < ds.length; i++) assert.ok(ds[i].seq! > ds[i - 1].seq!);
+      for (let i = 1; i < ds.length; i++) assert.ok(ds[i].pos! > ds[i - 1].pos!);
       const h = await bus.history("order");
       assert.deepEqual(h.deliveries.map((d) => d.frame.data), ds.map((d) => d.frame.data));
-      assert.equal(h.lastSeq, ds.at(-1)!.seq);
+      assert.equal(h.lastPos, ds.at(-1)!.pos);
+      assert.deepEqual(h.deliveries.map((d) => d.pos), ds.map((d) => d.pos));
       bus.unsubscribe("order");
     } finally {
       await close();

@@ -23,6 +23,7 @@ class ScriptedBus implements Bus {
   unsubscribe() {}
   publish(_c: string, d: Delivery) {
     this.published.push(d);
+    return true;
   }
   history(): Promise<History> {
     const p = Promise.withResolvers<History>();
@@ -49,14 +50,20 @@ class Recorder implements Member {
 }
 
 const t = (data: string): Frame => ({ kind: "text", data });
-const d = (id: string, data: string, seq?: number): Delivery => ({ id, frame: t(data), seq });
+/** The position of the n-th commit (one frame each), as the KV bus spells it. */
+const p = (n: number) => n.toString(16).padStart(20, "0") + "0000";
+const d = (id: string, data: string, n?: number): Delivery => ({
+  id,
+  frame: t(data),
+  pos: n === undefined ? undefined : p(n),
+});
 const tick = () => new Promise((r) => setTimeout(r, 0));
 
 /** Joins `m` with an empty history and resolves once it is live. */
 async function joinEmpty(hub: Hub, bus: ScriptedBus, m: Recorder, header = "h") {
   const j = hub.join(m, "c", { header: t(header) });
   await tick();
-  bus.pendingHistory.at(-1)!.resolve({ deliveries: [], lastSeq: 0 });
+  bus.pendingHistory.at(-1)!.resolve({ deliveries: [], lastPos: "" });
   return (await j)!;
 }
 
@@ -70,7 +77,7 @@ Deno.test("join: frames stored up to the history point come from history only, l
   bus.handler.onFrames("c", [d("r.4", "four", 4), d("r.5", "five", 5)]);
   bus.pendingHistory[0].resolve({
     deliveries: [d("r.3", "three", 3), d("r.4", "four", 4)],
-    lastSeq: 4,
+    lastPos: p(4),
   });
   await joining;
   assert.deepEqual(m.got, ["three", "four", "five"]);
@@ -89,8 +96,8 @@ Deno.test("join: a local frame published during the join is sent once, whether h
   pa.publish(t("x")); // not stored yet: b buffers it
   pa.publish(t("y"));
   const [x] = bus.published.slice(-2);
-  x.seq = 7; // x got stored before the history read; y did not
-  bus.pendingHistory[1].resolve({ deliveries: [x], lastSeq: 7 });
+  x.pos = p(7); // x got stored before the history read; y did not
+  bus.pendingHistory[1].resolve({ deliveries: [x], lastPos: x.pos! });
   await jb;
   assert.deepEqual(b.got, ["x", "y"]);
   assert.deepEqual(a.got, [], "never echoed to the sender");
@@ -104,9 +111,9 @@ Deno.test("join: a local frame read as part of the history snapshot is not sent 
   const b = new Recorder();
   const jb = hub.join(b, "c", { header: t("hdr-b") });
   await tick();
-  pa.publish(t("z")); // history snapshot includes it by id, seq not known yet
+  pa.publish(t("z")); // history snapshot includes it by id, position not known yet
   const z = bus.published.at(-1)!;
-  bus.pendingHistory[1].resolve({ deliveries: [z], lastSeq: 0 });
+  bus.pendingHistory[1].resolve({ deliveries: [z], lastPos: "" });
   await jb;
   assert.deepEqual(b.got, ["z"]);
 });
@@ -117,7 +124,7 @@ Deno.test("join: the header goes to history only, after the newcomer's history",
   const a = new Recorder();
   const ja = hub.join(a, "c", { header: t("hdr-a") });
   await tick();
-  bus.pendingHistory[0].resolve({ deliveries: [d("o.1", "old", 1)], lastSeq: 1 });
+  bus.pendingHistory[0].resolve({ deliveries: [d("o.1", "old", 1)], lastPos: p(1) });
   await ja;
   assert.deepEqual(a.got, ["old"]);
   const hdr = bus.published.at(-1)!;
@@ -148,4 +155,22 @@ Deno.test("fan-out: a member over the buffered-bytes limit is dropped with 1013,
   assert.deepEqual(a.got, ["one", "two"]);
   assert.deepEqual(slow.got, ["one"]);
   assert.equal(slow.closed?.code, 1013);
+});
+
+Deno.test("join: a stored frame within the newcomer's history never comes again live, however late the follower is", async () => {
+  const bus = new ScriptedBus();
+  const hub = new Hub(bus, { maxBufferedBytes: 1e9 });
+  const m = new Recorder();
+  const joining = hub.join(m, "c", { header: t("hdr") });
+  await tick();
+  // History was read straight from the store, ahead of this isolate's follower.
+  bus.pendingHistory[0].resolve({
+    deliveries: [d("r.4", "four", 4), d("r.5", "five", 5)],
+    lastPos: p(5),
+  });
+  await joining;
+  // The follower catches up only now, after the hold buffer is gone.
+  bus.handler.onFrames("c", [d("r.4", "four", 4), d("r.5", "five", 5), d("r.6", "six", 6)]);
+  bus.handler.onFrames("c", [d("r.6", "six", 6), d("r.7", "seven", 7)]);
+  assert.deepEqual(m.got, ["four", "five", "six", "seven"]);
 });

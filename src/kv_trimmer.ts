@@ -1,0 +1,175 @@
+/**
+ * @module
+ * Keeps each channel's stored history within its bounds (frames, bytes and
+ * reader slack; see `planTrim`), off the publish path: the writer reports
+ * what it stored and this deletes, in the background and one channel at a
+ * time, the batches (and their chunks) that fell out. It first moves the
+ * channel's trim mark, so a reader that lagged past deleted frames counts a
+ * gap instead of missing them silently. Any isolate may trim any channel;
+ * deletes are idempotent, so concurrent trims need no coordination.
+ * Imports: kv_format, kv_keys, kv_reader (type), retry, log (type),
+ * metrics (type).
+ */
+import { planTrim, type RetentionOptions, type StoredEntry, type TrimEntry } from "./kv_format.ts";
+import { keys } from "./kv_keys.ts";
+import type { KvReader } from "./kv_reader.ts";
+import type { Logger } from "./log.ts";
+import type { Metrics } from "./metrics.ts";
+import { errorText, isDatabaseLocked, retry } from "./retry.ts";
+
+/** KvTrimmer settings. */
+export interface KvTrimmerOptions extends RetentionOptions {
+  readonly kv: Deno.Kv;
+  readonly reader: KvReader;
+  readonly metrics: Metrics;
+  readonly log: Logger;
+  /** A channel written to is trimmed at least this often (ms). */
+  readonly intervalMs?: number;
+}
+
+interface Written {
+  frames: number;
+  bytes: number;
+}
+
+interface Listed extends TrimEntry {
+  readonly vs: string;
+  /** Chunked frames of the batch: [frame id, chunks]. */
+  readonly chunked: [string, number][];
+}
+
+/** Mutations per delete commit (KV allows 1,000). */
+const DELETE_BATCH = 800;
+/** Batches deleted per trim of one channel at most (the rest go next time). */
+const MAX_DELETE = 4000;
+
+/** Trims channels after writes; see the module doc. */
+export class KvTrimmer {
+  readonly #o: KvTrimmerOptions;
+  /** Channel key -> what was written since its last trim. */
+  readonly #written = new Map<string, Written>();
+  readonly #due = new Set<string>();
+  #running: Promise<void> | undefined;
+  #timer: ReturnType<typeof setInterval> | undefined;
+  #closed = false;
+
+  constructor(options: KvTrimmerOptions) {
+    this.#o = options;
+  }
+
+  /**
+   * Notes that `frames` frames of `bytes` bytes were stored in the channel
+   * `ck`. The channel is trimmed soon when that passes a quarter of a bound,
+   * else within the interval.
+   */
+  note(ck: string, frames: number, bytes: number): void {
+    if (this.#closed) return;
+    const w = this.#written.get(ck) ?? { frames: 0, bytes: 0 };
+    w.frames += frames;
+    w.bytes += bytes;
+    this.#written.set(ck, w);
+    const o = this.#o;
+    if (
+      w.frames >= Math.max(16, o.limit / 4) ||
+      w.bytes >= Math.max(64 * 1024, o.slackBytes / 4, o.maxBytes / 4)
+    ) {
+      this.#due.add(ck);
+      this.#kick();
+    }
+    this.#timer ??= setInterval(() => {
+      for (const k of this.#written.keys()) this.#due.add(k);
+      this.#kick();
+      if (this.#written.size === 0 && this.#timer !== undefined) {
+        clearInterval(this.#timer);
+        this.#timer = undefined;
+      }
+    }, o.intervalMs ?? 2000);
+  }
+
+  /** Stops trimming; waits for a trim in progress. */
+  async close(): Promise<void> {
+    this.#closed = true;
+    if (this.#timer !== undefined) clearInterval(this.#timer);
+    this.#timer = undefined;
+    await this.#running;
+  }
+
+  #kick(): void {
+    if (this.#running || this.#closed) return;
+    this.#running = (async () => {
+      while (this.#due.size > 0 && !this.#closed) {
+        const ck = this.#due.values().next().value!;
+        this.#due.delete(ck);
+        this.#written.delete(ck);
+        try {
+          await this.trim(ck);
+        } catch (err) {
+          this.#o.log.warn("trim failed", { error: errorText(err) });
+        }
+      }
+    })().finally(() => this.#running = undefined);
+  }
+
+  /** Deletes the channel's batches that fell out of its bounds now. Exposed for tests. */
+  async trim(ck: string): Promise<number> {
+    const listed: Listed[] = [];
+    let cut = -1;
+    const it = this.#o.reader.list<StoredEntry>(
+      "Cannot list channel for trimming",
+      { prefix: keys.entries(ck), end: keys.trimMark(ck) },
+      true,
+    );
+    for await (const e of it) {
+      const f = e.value.f;
+      let bytes = 0;
+      const chunked: [string, number][] = [];
+      for (const v of f) {
+        bytes += v.n;
+        if (v.c !== undefined) chunked.push([v.i, v.c]);
+      }
+      listed.push({ vs: e.key[3] as string, frames: f.length, bytes, chunked });
+      if (cut < 0 && listed.length % 64 === 0) cut = planTrim(listed, this.#o);
+      if (cut >= 0 && listed.length - cut >= MAX_DELETE) break;
+    }
+    if (cut < 0) cut = planTrim(listed, this.#o);
+    if (cut < 0) return 0;
+    const doomed = listed.slice(cut);
+    // The mark first (with the first deletions): readers behind it count a gap.
+    let first = true;
+    let muts: Deno.KvKey[] = [];
+    const flush = async () => {
+      const batch = muts;
+      muts = [];
+      const mark = first;
+      first = false;
+      await retry(async () => {
+        const op = this.#o.kv.atomic();
+        if (mark) op.set(keys.trimMark(ck), { v: doomed[0].vs });
+        for (const k of batch) op.delete(k);
+        this.#o.metrics.kvCommits++;
+        this.#o.metrics.kvWriteUnits += batch.length + (mark ? 1 : 0);
+        await op.commit();
+      }, {
+        what: "Cannot trim channel history",
+        minMs: 5,
+        maxMs: 500,
+        maxAttempts: 20,
+        shouldRetry: isDatabaseLocked,
+      });
+    };
+    for (const d of doomed) {
+      const need = 1 + d.chunked.reduce((n, [, c]) => n + c, 0);
+      if (muts.length > 0 && muts.length + need > DELETE_BATCH) await flush();
+      muts.push(keys.entry(ck, d.vs));
+      for (const [id, c] of d.chunked) {
+        for (let i = 0; i < c; i++) {
+          muts.push(keys.chunk(ck, id, i));
+          if (muts.length >= DELETE_BATCH) await flush();
+        }
+      }
+    }
+    if (muts.length > 0 || first) await flush();
+    this.#o.metrics.trimmedBatches += doomed.length;
+    return doomed.length;
+  }
+}
