@@ -242,3 +242,31 @@ Deno.test("isolates: after a restart with a file KV, history is intact and the s
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("isolates: 40 newcomers joining while another isolate publishes at 500 frames/s each get history then live with no gap and no duplicate", async () => {
+  await using iso = await startIsolates(2, { MLES_HISTORY_LIMIT: "100000" });
+  const [a, b] = iso.isolates;
+  await using pub = await TestClient.open(a.wsUrl, header("pub", "boundary"));
+  let n = 0;
+  let stop = false;
+  // 500 frames/s: 5 frames every 10 ms.
+  const pump = (async () => {
+    while (!stop) {
+      for (let k = 0; k < 5; k++) pub.send(JSON.stringify({ p: "pub", n: n++ }));
+      await new Promise((r) => setTimeout(r, 10));
+    }
+  })();
+  const joiners: TestClient[] = [];
+  for (let j = 0; j < 40; j++) {
+    joiners.push(await TestClient.open(b.wsUrl, header(`n${j}`, "boundary")));
+    await new Promise((r) => setTimeout(r, 7 + (j % 5)));
+  }
+  stop = true;
+  await pump;
+  const total = n;
+  await Promise.all(joiners.map(async (c, j) => {
+    const frames = await collect(c, (fs) => data(fs).at(-1)?.n === total - 1, 30_000);
+    assertExactlyOnceInOrder(data(frames), new Map([["pub", total]]), `n${j}`);
+  }));
+  await Promise.all(joiners.map((c) => c.close()));
+});
