@@ -65,3 +65,20 @@ export const keys = {
 export function isTrimMark(key: Deno.KvKey): boolean {
   return key[3] === TRIM_MARK;
 }
+
+// ---- Keys outside the bus: session claims (session_claims.ts) and peering (peer_dedup.ts) ----
+
+/** A claimed session identity, by a hash of (uid, channel, numeric auth): `{ owner }`. */
+export function sessionClaimKey(identityHash: string): Deno.KvKey {
+  return [ROOT, "sc", identityHash];
+}
+
+/** An isolate that holds session claims: `{ until }` (ms since epoch), renewed by its heartbeat. */
+export function claimOwnerKey(owner: string): Deno.KvKey {
+  return [ROOT, "so", owner];
+}
+
+/** A frame known to a peered channel, by channel key and a hash of the frame (type and bytes). */
+export function peerFrameKey(chKey: string, frameHash: string): Deno.KvKey {
+  return [ROOT, "pf", chKey, frameHash];
+}

@@ -15,6 +15,7 @@ import { Metrics } from "./metrics.ts";
 import { Dedupe } from "./dedupe.ts";
 import { KvLease, Peering } from "./peer.ts";
 import { createStaticHandler } from "./static.ts";
+import { KvSessionClaims, MemorySessionClaims, type SessionClaims } from "./session_claims.ts";
 
 const HEALTH_KEY: Deno.KvKey = ["mles", "health"];
 
@@ -116,6 +117,9 @@ export async function createServer(config: Config, deps: ServerDeps = {}): Promi
     })
     : new MemoryBus(config.historyLimit);
   const peerWindow = new Dedupe();
+  const claims: SessionClaims = config.bus === "kv"
+    ? new KvSessionClaims(kv!, { owner: origin, warn: (m, f) => log.warn(m, f) })
+    : new MemorySessionClaims();
   let peering: Peering | undefined;
   const hub = new Hub(bus, {
     onChannelActive: (channel, active) => peering?.channelActive(channel, active),
@@ -129,6 +133,7 @@ export async function createServer(config: Config, deps: ServerDeps = {}): Promi
       hub,
       config,
       log,
+      claims,
       onReject: (c) => metrics.reject(c.code),
       onFrame: (bytes) => {
         metrics.framesIn++;
@@ -181,6 +186,7 @@ export async function createServer(config: Config, deps: ServerDeps = {}): Promi
       closed ??= (async () => {
         await peering?.close();
         await http.closeSockets();
+        await claims.close();
         await bus.close();
         if (ownsKv) kv!.close();
       })();

@@ -11,15 +11,18 @@ import { verifyAuth } from "./auth.ts";
 import { CLOSE, type Close } from "./close.ts";
 import type { Config } from "./config.ts";
 import { exceedsBytes, type Frame, utf8Length } from "./frame.ts";
-import { parseHeader, PEER_UID_PREFIX } from "./header.ts";
+import { type Header, parseHeader, PEER_UID_PREFIX } from "./header.ts";
 import type { Hub, Member, Membership } from "./hub.ts";
 import type { Logger } from "./log.ts";
+import { type SessionClaims, sessionIdentity } from "./session_claims.ts";
 
 /** What a session needs from the server. */
 export interface SessionContext {
   readonly hub: Hub;
   readonly config: Config;
   readonly log: Logger;
+  /** The duplicate-session rule across every isolate (SPEC section 5). */
+  readonly claims: SessionClaims;
   /** Counts a refused join by its close reason (metrics). */
   readonly onReject?: (close: Close) => void;
   /** Counts a frame received from a joined client (metrics). */
@@ -153,27 +156,48 @@ export function runSession(
         h.channel,
       );
     }
-    // JSON, not a separator: uid and channel may contain any ASCII, NUL included.
-    const id = JSON.stringify([h.uid, h.channel, h.auth ?? null]);
-    if (!hub.claim(id)) return reject(CLOSE.duplicateSession, h.uid, h.channel);
-    identity = id;
     fromPeer = h.uid.startsWith(PEER_UID_PREFIX);
+    // Frames sent while the identity is being claimed are held like those sent while joining.
     state = "joining";
+    const id = sessionIdentity(h.uid, h.channel, h.auth);
+    ctx.claims.claim(id).then((ok) => {
+      if (!ok) {
+        early = [];
+        if (state === "closed") return;
+        return reject(CLOSE.duplicateSession, h.uid, h.channel);
+      }
+      // Closed while claiming: the identity goes back once the held frames are out.
+      if (state === "closed") {
+        if (early.length === 0) return ctx.claims.release(id);
+        return join(h, frame, () => ctx.claims.release(id));
+      }
+      identity = id;
+      join(h, frame);
+    }, (err) => {
+      if (state === "closed") return;
+      log.error("join failed", { peer, uid: h.uid, channel: h.channel, error: err });
+      closeSocket(CLOSE.storeFailed);
+    });
+  };
+
+  const join = (h: Header, frame: Frame, after?: () => void) => {
     hub.join(member, h.channel, { header: frame }).then((m) => {
-      if (!m) return;
+      if (!m) return after?.();
       const queued = early;
       early = [];
       if (state !== "joining") {
         // Header, frames and close came together (`echo hi | websocat`): the
         // frames were accepted before the close, so they still go out.
         for (const f of queued) publish(m, f);
-        return m.leave();
+        m.leave();
+        return after?.();
       }
       membership = m;
       state = "joined";
       log.info("joined", { peer, uid: h.uid, channel: h.channel });
       for (const f of queued) publish(m, f);
     }, (err) => {
+      after?.();
       if (state === "closed") return; // the socket went first (e.g. shutdown): nothing to tell
       log.error("join failed", { peer, uid: h.uid, channel: h.channel, error: err });
       closeSocket(CLOSE.storeFailed);
@@ -220,7 +244,7 @@ export function runSession(
     clearTimeout(headerTimer);
     membership?.leave();
     membership = undefined;
-    if (identity !== undefined) hub.release(identity);
+    if (identity !== undefined) ctx.claims.release(identity);
     identity = undefined;
   }
   const ended = () => {

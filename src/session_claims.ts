@@ -1,0 +1,314 @@
+/**
+ * @module
+ * The duplicate-session rule (SPEC section 5) for a whole deployment: one
+ * session per (uid, channel, auth) however many isolates serve it. The auth
+ * counts by its value, as the server compares it (SPEC section 4), so
+ * `00ab`, `AB` and `+ab` are one identity. Two implementations:
+ *
+ * - {@link KvSessionClaims}: the identity is claimed in Deno KV at join (one
+ *   commit) and released at close (one commit). Each claim names its owner
+ *   isolate; the owner's liveness is one record `{ until }` that the isolate
+ *   renews with one commit per heartbeat while it holds any claim (not one
+ *   per session). A claim whose owner's `until` has passed is free: a new
+ *   session takes it over with a check on both versionstamps. So a crashed
+ *   isolate's claims are free at most `ttlMs` (15 s) after it died. The
+ *   deadline lives in the value because an expired KV row stays readable.
+ * - {@link MemorySessionClaims}: a set in this isolate's memory, for
+ *   `MLES_BUS=memory` (one isolate, no KV).
+ *
+ * Imports: kv_keys.
+ */
+import { claimOwnerKey, sessionClaimKey } from "./kv_keys.ts";
+
+/** Who holds which session identity; the session layer asks before joining. */
+export interface SessionClaims {
+  /**
+   * Takes `identity` (see {@link sessionIdentity}) for one session. False if
+   * a live session holds it, on this isolate or any other.
+   */
+  claim(identity: string): Promise<boolean>;
+  /** Gives `identity` back so a reconnect can take it at once. Never throws. */
+  release(identity: string): void;
+  /** Releases everything this isolate holds (bounded wait). */
+  close(): Promise<void>;
+}
+
+/**
+ * The identity SPEC section 5 compares: uid, channel and the auth VALUE
+ * (16 lowercase hex digits, or null when absent). JSON, not a separator:
+ * uid and channel may hold any ASCII, NUL included. `auth` must already
+ * have passed the auth check (so it parses); an unparsable value is kept
+ * as sent.
+ */
+export function sessionIdentity(uid: string, channel: string, auth: string | undefined): string {
+  return JSON.stringify([uid, channel, auth === undefined ? null : authValue(auth)]);
+}
+
+/** `auth` as the number the server compares (SPEC section 4), in canonical hex. */
+function authValue(auth: string): string {
+  const digits = auth.startsWith("+") ? auth.slice(1) : auth;
+  if (!/^[0-9a-fA-F]{1,}$/.test(digits)) return auth;
+  return BigInt("0x" + digits).toString(16).padStart(16, "0");
+}
+
+/** {@link SessionClaims} for one isolate with no KV (`MLES_BUS=memory`). */
+export class MemorySessionClaims implements SessionClaims {
+  readonly #held = new Set<string>();
+
+  claim(identity: string): Promise<boolean> {
+    if (this.#held.has(identity)) return Promise.resolve(false);
+    this.#held.add(identity);
+    return Promise.resolve(true);
+  }
+
+  release(identity: string): void {
+    this.#held.delete(identity);
+  }
+
+  /** Identities held (for tests). */
+  get size(): number {
+    return this.#held.size;
+  }
+
+  close(): Promise<void> {
+    this.#held.clear();
+    return Promise.resolve();
+  }
+}
+
+/** Settings of {@link KvSessionClaims}. */
+export interface KvSessionClaimsOptions {
+  /** This isolate's id (unique per isolate and per start). */
+  readonly owner: string;
+  /** A claim is free this long after its owner's last heartbeat (default 15 s). */
+  readonly ttlMs?: number;
+  /** Heartbeat period while claims are held (default ttlMs / 3). */
+  readonly heartbeatMs?: number;
+  /** How long a join waits for KV before falling back to this isolate's check (default 3 s). */
+  readonly kvTimeoutMs?: number;
+  /** Warnings (KV trouble, a heartbeat that came too late). */
+  readonly warn?: (message: string, fields?: Record<string, unknown>) => void;
+}
+
+interface ClaimValue {
+  readonly owner: string;
+}
+
+interface OwnerValue {
+  readonly until: number;
+}
+
+/** What this isolate holds for one identity. */
+interface Held {
+  readonly key: Deno.KvKey;
+  /** Versionstamp of our claim row; null = held locally only (KV did not answer). */
+  versionstamp: string | null;
+  /** When the claim row was written (rows are rewritten before they expire). */
+  setAt: number;
+}
+
+/** Claim rows expire this long after they were written; a heartbeat rewrites older ones. */
+const CLAIM_EXPIRE_MS = 7 * 86_400_000;
+const CLAIM_REWRITE_MS = 86_400_000;
+/** denokv's portable bound on checks per atomic commit. */
+const MAX_CHECKS = 10;
+
+const encoder = new TextEncoder();
+
+/** Base64url of the first 128 bits of SHA-256: a short key part for a long identity. */
+async function identityHash(identity: string): Promise<string> {
+  const d = new Uint8Array(await crypto.subtle.digest("SHA-256", encoder.encode(identity)));
+  let bin = "";
+  for (let i = 0; i < 16; i++) bin += String.fromCharCode(d[i]);
+  return btoa(bin).replaceAll("+", "-").replaceAll("/", "_").replace(/=+$/, "");
+}
+
+function isLocked(err: unknown): boolean {
+  return err instanceof Error &&
+    /database is locked|database is busy|SQLITE_BUSY/i.test(err.message);
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** {@link SessionClaims} shared by every isolate on one Deno KV. */
+export class KvSessionClaims implements SessionClaims {
+  readonly #kv: Deno.Kv;
+  readonly #owner: string;
+  readonly #ttlMs: number;
+  readonly #heartbeatMs: number;
+  readonly #kvTimeoutMs: number;
+  readonly #warn: NonNullable<KvSessionClaimsOptions["warn"]>;
+  readonly #held = new Map<string, Held>();
+  /** Identities whose claim is in flight on this isolate. */
+  readonly #pending = new Set<string>();
+  readonly #tasks = new Set<Promise<unknown>>();
+  #timer: ReturnType<typeof setInterval> | undefined;
+  /** Our owner record's deadline as last written. */
+  #liveUntil = 0;
+  #closed = false;
+
+  constructor(kv: Deno.Kv, options: KvSessionClaimsOptions) {
+    this.#kv = kv;
+    this.#owner = options.owner;
+    this.#ttlMs = options.ttlMs ?? 15_000;
+    this.#heartbeatMs = options.heartbeatMs ?? Math.floor(this.#ttlMs / 3);
+    this.#kvTimeoutMs = options.kvTimeoutMs ?? 3_000;
+    this.#warn = options.warn ?? (() => {});
+  }
+
+  /** Identities held by this isolate (for tests and metrics). */
+  get size(): number {
+    return this.#held.size;
+  }
+
+  async claim(identity: string): Promise<boolean> {
+    if (this.#closed || this.#held.has(identity) || this.#pending.has(identity)) return false;
+    this.#pending.add(identity);
+    try {
+      const key = sessionClaimKey(await identityHash(identity));
+      const deadline = Date.now() + this.#kvTimeoutMs;
+      for (let attempt = 0;; attempt++) {
+        try {
+          const won = await this.#tryClaim(key);
+          if (won === false) return false;
+          if (won !== null) {
+            this.#held.set(identity, { key, versionstamp: won, setAt: Date.now() });
+            this.#startHeartbeat();
+            return true;
+          }
+          // A check failed: someone wrote the row meanwhile; read again.
+        } catch (err) {
+          if (!isLocked(err) || Date.now() > deadline) {
+            // KV is not answering: local delivery must not depend on it, so the
+            // join goes ahead with this isolate's check only (logged).
+            this.#warn("session claim without KV: checked on this isolate only", {
+              error: err instanceof Error ? err.message : String(err),
+            });
+            this.#held.set(identity, { key, versionstamp: null, setAt: Date.now() });
+            return true;
+          }
+        }
+        await sleep(Math.min(200, 2 * 2 ** attempt) * (0.5 + Math.random()));
+      }
+    } finally {
+      this.#pending.delete(identity);
+    }
+  }
+
+  /** One read (two if the row has another owner) and one commit: our versionstamp, false if held, null to retry. */
+  async #tryClaim(key: Deno.KvKey): Promise<string | false | null> {
+    const cur = await this.#kv.get<ClaimValue>(key, { consistency: "strong" });
+    const op = this.#kv.atomic().check(cur);
+    const holder = cur.value?.owner;
+    if (holder !== undefined && holder !== this.#owner) {
+      const o = await this.#kv.get<OwnerValue>(claimOwnerKey(holder), { consistency: "strong" });
+      if (o.value && o.value.until > Date.now()) return false;
+      // Its owner stopped renewing: take it over, unless the owner renews meanwhile.
+      op.check(o);
+    }
+    // A row of our own that we no longer hold is a release still in flight: take it back.
+    const until = Date.now() + this.#ttlMs;
+    op.set(key, { owner: this.#owner } satisfies ClaimValue, { expireIn: CLAIM_EXPIRE_MS })
+      .set(claimOwnerKey(this.#owner), { until } satisfies OwnerValue, {
+        expireIn: this.#ttlMs * 4,
+      });
+    const res = await op.commit();
+    if (!res.ok) return null;
+    this.#liveUntil = until;
+    return res.versionstamp;
+  }
+
+  release(identity: string): void {
+    const h = this.#held.get(identity);
+    if (!h) return;
+    this.#held.delete(identity);
+    if (h.versionstamp !== null) {
+      const check = { key: h.key, versionstamp: h.versionstamp };
+      this.#track(this.#commit(() => this.#kv.atomic().check(check).delete(h.key)));
+    }
+    if (this.#held.size === 0) this.#stopHeartbeat();
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#stopHeartbeat();
+    const held = [...this.#held.values()].filter((h) => h.versionstamp !== null);
+    this.#held.clear();
+    for (let i = 0; i < held.length; i += MAX_CHECKS) {
+      const group = held.slice(i, i + MAX_CHECKS);
+      this.#track(this.#commit(() => {
+        const op = this.#kv.atomic();
+        for (const h of group) op.check({ key: h.key, versionstamp: h.versionstamp }).delete(h.key);
+        return op;
+      }));
+    }
+    this.#track(this.#commit(() => this.#kv.atomic().delete(claimOwnerKey(this.#owner))));
+    const deadline = sleep(2_000);
+    await Promise.race([Promise.allSettled([...this.#tasks]), deadline]);
+  }
+
+  #startHeartbeat(): void {
+    if (this.#timer !== undefined || this.#closed) return;
+    this.#timer = setInterval(() => this.#track(this.#heartbeat()), this.#heartbeatMs);
+  }
+
+  #stopHeartbeat(): void {
+    clearInterval(this.#timer);
+    this.#timer = undefined;
+  }
+
+  /** One commit for every claim of this isolate; rewrites claim rows nearing their expiry. */
+  async #heartbeat(): Promise<void> {
+    const now = Date.now();
+    if (now > this.#liveUntil && this.#liveUntil > 0) {
+      // Stalled past our own deadline: another isolate may have taken some identities over.
+      this.#warn("session claims lapsed: the heartbeat came late", {
+        lateMs: now - this.#liveUntil,
+      });
+    }
+    const until = now + this.#ttlMs;
+    await this.#commit(() =>
+      this.#kv.atomic().set(claimOwnerKey(this.#owner), { until } satisfies OwnerValue, {
+        expireIn: this.#ttlMs * 4,
+      })
+    );
+    this.#liveUntil = until;
+    const old = [...this.#held.values()].filter((h) =>
+      h.versionstamp !== null && now - h.setAt > CLAIM_REWRITE_MS
+    ).slice(0, MAX_CHECKS);
+    if (old.length > 0) {
+      const op = this.#kv.atomic();
+      for (const h of old) {
+        op.check({ key: h.key, versionstamp: h.versionstamp })
+          .set(h.key, { owner: this.#owner } satisfies ClaimValue, { expireIn: CLAIM_EXPIRE_MS });
+      }
+      const res = await op.commit();
+      if (res.ok) {
+        for (const h of old) Object.assign(h, { versionstamp: res.versionstamp, setAt: now });
+      }
+    }
+  }
+
+  /** Commits `build()`, retrying `database is locked` with backoff (a few seconds at most). */
+  async #commit(build: () => Deno.AtomicOperation): Promise<void> {
+    for (let attempt = 0;; attempt++) {
+      try {
+        await build().commit();
+        return;
+      } catch (err) {
+        if (!isLocked(err) || attempt >= 12) throw err;
+        await sleep(Math.min(500, 5 * 2 ** attempt) * (0.5 + Math.random()));
+      }
+    }
+  }
+
+  #track(p: Promise<unknown>): void {
+    const t = p.catch((err) =>
+      this.#warn("session claim store failed", {
+        error: err instanceof Error ? err.message : String(err),
+      })
+    ).finally(() => this.#tasks.delete(t));
+    this.#tasks.add(t);
+  }
+}
