@@ -8,6 +8,7 @@
 import { loadConfig } from "../src/config.ts";
 import type { Logger } from "../src/log.ts";
 import { createServer, type Server } from "../src/server.ts";
+import type { KvLatency } from "../bench/latency_kv.ts";
 
 /** A running server for one test. */
 export interface TestServer extends AsyncDisposable {
@@ -33,13 +34,18 @@ export interface StartOptions {
 }
 
 /** Starts a server on 127.0.0.1 with the given environment. */
-export async function startServer(options: StartOptions = {}): Promise<TestServer> {
+export async function startServer(
+  options: StartOptions = {},
+): Promise<TestServer> {
   const config = loadConfig({
     MLES_KV: ":memory:",
     MLES_LOG_LEVEL: "error",
     ...options.env,
   });
-  const server = await createServer(config, { kv: options.kv, log: options.log });
+  const server = await createServer(config, {
+    kv: options.kv,
+    log: options.log,
+  });
   const http = Deno.serve(
     { port: options.port ?? 0, hostname: "127.0.0.1", onListen() {} },
     server.fetch,
@@ -83,7 +89,9 @@ export class TestClient implements AsyncDisposable {
     this.ws = ws;
     ws.binaryType = "arraybuffer";
     ws.onmessage = (ev) => {
-      const f = typeof ev.data === "string" ? ev.data : new Uint8Array(ev.data as ArrayBuffer);
+      const f = typeof ev.data === "string"
+        ? ev.data
+        : new Uint8Array(ev.data as ArrayBuffer);
       if (this.#waiter) {
         const w = this.#waiter;
         this.#waiter = undefined;
@@ -115,7 +123,9 @@ export class TestClient implements AsyncDisposable {
       throw new Error(`connection closed before open: ${cl.code} ${cl.reason}`);
     });
     await Promise.race([opened.promise, early]);
-    if (header !== undefined) ws.send(typeof header === "string" ? header : JSON.stringify(header));
+    if (header !== undefined) {
+      ws.send(typeof header === "string" ? header : JSON.stringify(header));
+    }
     return c;
   }
 
@@ -177,12 +187,20 @@ export class TestClient implements AsyncDisposable {
 }
 
 /** An Mles header object. */
-export function header(uid: string, channel: string, extra: Record<string, unknown> = {}) {
+export function header(
+  uid: string,
+  channel: string,
+  extra: Record<string, unknown> = {},
+) {
   return { uid, channel, ...extra };
 }
 
 /** Polls `cond` every few ms until it holds; rejects after `ms` naming `what`. */
-export async function waitFor(cond: () => boolean, what: string, ms = 5000): Promise<void> {
+export async function waitFor(
+  cond: () => boolean,
+  what: string,
+  ms = 5000,
+): Promise<void> {
   const deadline = Date.now() + ms;
   while (!cond()) {
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
@@ -208,7 +226,10 @@ export async function joinInOrder(
   for (const h of headers) {
     const before = s.server.hub.joinedCount;
     clients.push(await TestClient.open(s.wsUrl, h));
-    await waitFor(() => s.server.hub.joinedCount > before, `join of ${JSON.stringify(h)}`);
+    await waitFor(
+      () => s.server.hub.joinedCount > before,
+      `join of ${JSON.stringify(h)}`,
+    );
   }
   return {
     clients,
@@ -240,18 +261,23 @@ export async function startIsolates(
   n: number,
   env: Record<string, string> = {},
   kvPath?: string,
+  latency?: (i: number) => KvLatency | undefined,
 ): Promise<Isolates> {
-  const dir = kvPath ? undefined : await Deno.makeTempDir({ prefix: "mles-isolates-" });
+  const dir = kvPath
+    ? undefined
+    : await Deno.makeTempDir({ prefix: "mles-isolates-" });
   const path = kvPath ?? `${dir}/kv.sqlite3`;
   const isolates: IsolateServer[] = [];
   for (let i = 0; i < n; i++) {
-    const w = new Worker(new URL("./_isolate_worker.ts", import.meta.url), { type: "module" });
+    const w = new Worker(new URL("./_isolate_worker.ts", import.meta.url), {
+      type: "module",
+    });
     const started = Promise.withResolvers<number>();
     w.onmessage = (ev) => {
       if (ev.data?.error) started.reject(new Error(ev.data.error));
       else started.resolve(ev.data.port);
     };
-    w.postMessage({ env: { ...env, MLES_KV: path } });
+    w.postMessage({ env: { ...env, MLES_KV: path }, latency: latency?.(i) });
     const port = await started.promise;
     let closed: Promise<void> | undefined;
     isolates.push({
@@ -295,7 +321,10 @@ export function upgradeRequest(
 }
 
 /** Sends an upgrade request over raw TCP and returns the response head as text. */
-export async function rawUpgrade(port: number, protocol: string | null = "mles-websocket") {
+export async function rawUpgrade(
+  port: number,
+  protocol: string | null = "mles-websocket",
+) {
   const conn = await Deno.connect({ hostname: "127.0.0.1", port });
   await conn.write(upgradeRequest(port, protocol, "/any/path"));
   const buf = new Uint8Array(4096);
@@ -354,7 +383,9 @@ export async function startProcess(
   const listening = Promise.withResolvers<void>();
   (async () => {
     let rest = "";
-    for await (const chunk of child.stderr.pipeThrough(new TextDecoderStream())) {
+    for await (
+      const chunk of child.stderr.pipeThrough(new TextDecoderStream())
+    ) {
       rest += chunk;
       const lines = rest.split("\n");
       rest = lines.pop()!;
