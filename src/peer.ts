@@ -8,24 +8,43 @@
  *   the peer (uid `mles-peer-...`, auth per SPEC section 4 with the peer's
  *   key). With a shared KV, a lease makes exactly one isolate run a given
  *   bridge.
- * - No loops: every frame entering this server from peering (from a bridge
- *   of ours, or from a `mles-peer-` client of another server) passes one
- *   server-wide duplicate window; each bridge also never sends a peer what
- *   came from it or what it already sent.
- * - Resynchronization: when a bridge connects, the peer replays its history;
- *   the window was first filled with our own history, so only frames we
- *   lack are added.
+ * - Peer treatment: a client whose uid starts with `mles-peer-` is treated
+ *   as another server's bridge only when it proves it: its auth equals
+ *   SipHash(uid || channel || MLES_PEER_KEY) with this server's peer key;
+ *   with no peer key set, only on a server that peers itself (MLES_PEERS).
+ * - No loops, no duplicates: every frame entering from peering (through a
+ *   bridge of ours or a proven peer's session) passes {@link PeerDedup}:
+ *   per channel, by what the channel holds, shared by every isolate through
+ *   KV. Each link never sends its peer what came from it.
+ * - Resynchronization between two mles-deno servers sends only what is
+ *   missing: the bridge's header carries the hashes of the last
+ *   {@link RESYNC_FRAMES} frames we hold (`resync_have`, an extra field that
+ *   mles-rs ignores); the peer then replays only the history frames absent
+ *   from that list. The bridge asks the peer's {@link PEER_SYNC_PATH}
+ *   (authorized like the bridge) for the peer's hashes and sends only what
+ *   the peer lacks. A peer that is mles-rs (or answers that path with
+ *   anything else) replays its whole history as before, and duplicates are
+ *   dropped by the check.
  * - A dead or refusing peer is retried with capped exponential backoff and
  *   jitter, logged once per state change, and never blocks local delivery.
- * Imports: hub (type), auth, dedupe, frame, close, log (type).
+ * - No bridge leaks a hub member: a bridge stopped during its lease or its
+ *   local join leaves (and gives the lease back) as soon as that settles.
+ * Imports: hub (type), auth, dedupe, frame, header, close (type), log (type), peer_dedup.
  */
-import { mlesAuth } from "./auth.ts";
+import { mlesAuth, verifyAuth } from "./auth.ts";
 import type { Close } from "./close.ts";
 import { Dedupe } from "./dedupe.ts";
 import type { Frame } from "./frame.ts";
 import { PEER_UID_PREFIX } from "./header.ts";
 import type { Hub, Member, Membership } from "./hub.ts";
 import type { Logger } from "./log.ts";
+import { type PeerDedup, shortHashes } from "./peer_dedup.ts";
+
+/** HTTP path (POST) where a proven peer asks for the hashes of a channel's last frames. */
+export const PEER_SYNC_PATH = "/.well-known/mles-peer-sync";
+
+/** Frames compared on a (re)connect: the newest this many on each side (8 bytes of hash each). */
+export const RESYNC_FRAMES = 200;
 
 /** Exclusive right to run one bridge across the isolates of a deployment. */
 export interface Lease {
@@ -35,21 +54,243 @@ export interface Lease {
   release(name: string): Promise<void>;
 }
 
+/** What a peering link has sent and received (for tests and the resync measurement). */
+export interface PeerStats {
+  /** Frames sent to peers (live and resync). */
+  sent: number;
+  /** Frames received from peers (live, replay and resync). */
+  received: number;
+  /** Of `received`, frames dropped as already held. */
+  duplicates: number;
+  /** Resync comparisons completed (missing frames sent), either direction. */
+  resyncs: number;
+}
+
+/** Settings of {@link PeerGate}. */
+export interface PeerGateOptions {
+  /** This server bridges channels itself (MLES_PEERS is set). */
+  readonly peered: boolean;
+  /** MLES_PEER_KEY: the key peers prove themselves with. */
+  readonly peerKey: string | undefined;
+  readonly dedup: PeerDedup;
+  /** The channel's newest frames, oldest first (the bus's history). */
+  readonly history: (channel: string) => Promise<Frame[]>;
+}
+
+/**
+ * Everything peering shares on one isolate: who counts as a peer, the links
+ * (bridges and peer sessions) through the duplicate check, and the sync
+ * endpoint.
+ */
+export class PeerGate {
+  readonly #opts: PeerGateOptions;
+  readonly stats: PeerStats = { sent: 0, received: 0, duplicates: 0, resyncs: 0 };
+  #links = 0;
+
+  constructor(options: PeerGateOptions) {
+    this.#opts = options;
+  }
+
+  /** Open links on this isolate (for leak tests). */
+  get links(): number {
+    return this.#links;
+  }
+
+  /** The duplicate check (for tests). */
+  get dedup(): PeerDedup {
+    return this.#opts.dedup;
+  }
+
+  /**
+   * True if the header authenticates with the peer key: accepted as a peer
+   * even where it does not match MLES_KEY (the peer key is the stronger proof).
+   */
+  authenticates(h: { uid: string; channel: string; auth?: string }): boolean {
+    return h.uid.startsWith(PEER_UID_PREFIX) && this.#opts.peerKey !== undefined &&
+      h.auth !== undefined && verifyAuth(h, this.#opts.peerKey);
+  }
+
+  /** True if this (already authenticated) header gets peer treatment (issue 12 row 8). */
+  proves(h: { uid: string; channel: string; auth?: string }): boolean {
+    if (!h.uid.startsWith(PEER_UID_PREFIX)) return false;
+    if (this.#opts.peerKey !== undefined) return this.authenticates(h);
+    return this.#opts.peered;
+  }
+
+  /** A new link on `channel` (close it when done). */
+  link(channel: string): PeerLink {
+    this.#links++;
+    return new PeerLink(this.#opts.dedup, channel, this.stats, () => this.#links--);
+  }
+
+  /** The channel's newest frames (at most {@link RESYNC_FRAMES}), oldest first. */
+  async recent(channel: string): Promise<Frame[]> {
+    return (await this.#opts.history(channel)).slice(-RESYNC_FRAMES);
+  }
+
+  /**
+   * Serves {@link PEER_SYNC_PATH}: body `{uid, channel, auth}` of a proven
+   * peer; answers `{v: 1, have}` (hashes of the channel's newest frames).
+   */
+  async handleSync(req: Request): Promise<Response> {
+    if (req.method !== "POST") return new Response("Method not allowed", { status: 405 });
+    let body: { uid?: unknown; channel?: unknown; auth?: unknown };
+    try {
+      body = await req.json();
+    } catch {
+      return new Response("Bad request", { status: 400 });
+    }
+    const { uid, channel, auth } = body;
+    if (typeof uid !== "string" || typeof channel !== "string" || typeof auth !== "string") {
+      return new Response("Bad request", { status: 400 });
+    }
+    // The peer key authorizes this; with no peer key, a peering server answers its peers' uids.
+    const h = { uid, channel, auth };
+    const allowed = this.#opts.peerKey !== undefined
+      ? this.authenticates(h)
+      : this.#opts.peered && uid.startsWith(PEER_UID_PREFIX) && verifyAuth(h, undefined);
+    if (!allowed) return new Response("Forbidden", { status: 403 });
+    const have = await shortHashes(await this.recent(channel));
+    return Response.json({ v: 1, have });
+  }
+}
+
+/**
+ * One peering link's view of one channel: frames in pass the duplicate
+ * check and are published in arrival order; frames out are made known to
+ * every isolate first and sent in order.
+ */
+export class PeerLink {
+  readonly channel: string;
+  readonly #dedup: PeerDedup;
+  readonly #stats: PeerStats;
+  readonly #onClose: () => void;
+  #in: Promise<void> = Promise.resolve();
+  #out: Promise<void> = Promise.resolve();
+  #queuedBytes = 0;
+  #closed = false;
+
+  constructor(dedup: PeerDedup, channel: string, stats: PeerStats, onClose: () => void) {
+    this.channel = channel;
+    this.#dedup = dedup;
+    this.#stats = stats;
+    this.#onClose = onClose;
+    dedup.retain(channel);
+  }
+
+  /** Bytes waiting for their KV row before being sent. */
+  get queuedBytes(): number {
+    return this.#queuedBytes;
+  }
+
+  /** Records a frame the channel holds. */
+  know(frame: Frame): void {
+    if (!this.#closed) this.#dedup.know(this.channel, frame);
+  }
+
+  /** A frame from the peer: `publish` is called, in arrival order, if the channel lacks it. */
+  receive(frame: Frame, publish: (frame: Frame) => void): void {
+    if (this.#closed) return;
+    this.#stats.received++;
+    const verdict = this.#dedup.admit(this.channel, frame);
+    this.#in = this.#in.then(async () => {
+      if (!(await verdict)) this.#stats.duplicates++;
+      else if (!this.#closed) publish(frame);
+    });
+  }
+
+  /** Sends a frame to the peer (via `send`) once every isolate knows it, in call order. */
+  send(frame: Frame, send: (frame: Frame) => void): void {
+    if (this.#closed) return;
+    const size = frame.kind === "binary" ? frame.data.byteLength : frame.data.length;
+    this.#queuedBytes += size;
+    const marked = this.#dedup.markOut(this.channel, frame);
+    this.#out = this.#out.then(async () => {
+      await marked;
+      this.#queuedBytes -= size;
+      if (this.#closed) return;
+      try {
+        send(frame);
+        this.#stats.sent++;
+      } catch {
+        // The socket is gone: its close handler starts over.
+      }
+    });
+  }
+
+  /**
+   * Resync: of `frames` (ours, oldest first), sends those whose hash is not
+   * in `theirs` (the peer's {@link shortHashes}), in order, before anything
+   * sent after this call.
+   */
+  sendMissing(frames: Frame[], theirs: string, send: (frame: Frame) => void): void {
+    if (this.#closed) return;
+    const have = new Set(splitHashes(theirs));
+    const hashes = shortHashList(frames);
+    const prev = this.#out;
+    const sent = Promise.withResolvers<void>();
+    this.#out = sent.promise;
+    (async () => {
+      await prev;
+      const list = await hashes;
+      const missing = frames.filter((_, i) => !have.has(list[i]));
+      await Promise.all(missing.map((f) => this.#dedup.markOut(this.channel, f)));
+      for (const f of missing) {
+        if (this.#closed) break;
+        try {
+          send(f);
+          this.#stats.sent++;
+        } catch {
+          break;
+        }
+      }
+    })().finally(() => {
+      this.#stats.resyncs++;
+      sent.resolve();
+    });
+  }
+
+  /** Ends the link; frames still waiting are not sent. Idempotent. */
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#dedup.release(this.channel);
+    this.#onClose();
+  }
+}
+
+async function shortHashList(frames: Frame[]): Promise<string[]> {
+  return splitHashes(await shortHashes(frames));
+}
+
+/** The 8-byte hashes in a {@link shortHashes} string, each as 11 base64 characters... */
+function splitHashes(joined: string): string[] {
+  let bin: string;
+  try {
+    bin = atob(joined);
+  } catch {
+    return [];
+  }
+  const out: string[] = [];
+  for (let i = 0; i + 8 <= bin.length; i += 8) out.push(bin.slice(i, i + 8));
+  return out;
+}
+
 /** Peering settings. */
 export interface PeeringOptions {
   readonly peers: string[];
   /** Channels to bridge, or "*" for every channel with local client members. */
   readonly channels: string[] | "*";
-  /** Key of the peers (their MLES_KEY), for the auth value. */
+  /** Key of the peers (their MLES_PEER_KEY or MLES_KEY), for the auth value. */
   readonly peerKey: string | undefined;
   /** This server's bridge uid on peers (must start with {@link PEER_UID_PREFIX}). */
   readonly uid: string;
   readonly hub: Hub;
   readonly log: Logger;
+  /** The links' duplicate check and resync (shared with peer sessions). */
+  readonly gate: PeerGate;
   /** Present when several isolates share KV. */
   readonly lease?: Lease;
-  /** The window shared by every entry point (see {@link Peering.isDuplicate}). */
-  readonly window?: Dedupe;
 }
 
 const LEASE_MS = 15_000;
@@ -57,7 +298,6 @@ const LEASE_MS = 15_000;
 /** The set of bridges of this isolate. */
 export class Peering {
   readonly #opts: PeeringOptions;
-  readonly #window: Dedupe;
   readonly #bridges = new Map<string, Bridge>();
   #closed = false;
 
@@ -68,16 +308,7 @@ export class Peering {
       );
     }
     this.#opts = options;
-    this.#window = options.window ?? new Dedupe();
     if (options.channels !== "*") { for (const c of options.channels) this.#open(c); }
-  }
-
-  /**
-   * The server-wide duplicate window: true if this frame already entered
-   * this server through peering (so it must be dropped), else records it.
-   */
-  isDuplicate(frame: Frame): boolean {
-    return this.#window.seen(frame.kind, frame.data);
   }
 
   /** The hub reports channels gaining or losing their last local client (for "*"). */
@@ -87,7 +318,7 @@ export class Peering {
     else {
       for (const [k, b] of this.#bridges) {
         if (b.channel === channel) {
-          b.stop();
+          void b.stop();
           this.#bridges.delete(k);
         }
       }
@@ -114,11 +345,20 @@ export class Peering {
     for (const peer of this.#opts.peers) {
       const k = `${peer}\n${channel}`;
       if (this.#bridges.has(k)) continue;
-      const b = new Bridge(peer, channel, this.#opts, this);
+      const b = new Bridge(peer, channel, this.#opts);
       this.#bridges.set(k, b);
       b.start();
     }
   }
+}
+
+/** The peer's sync endpoint: same host as its WebSocket URL, over HTTP(S). */
+function syncUrl(peer: string): string {
+  const u = new URL(peer);
+  u.protocol = u.protocol === "wss:" ? "https:" : "http:";
+  u.pathname = PEER_SYNC_PATH;
+  u.search = "";
+  return u.href;
 }
 
 /** One (peer, channel) link. */
@@ -127,9 +367,9 @@ class Bridge implements Member {
   readonly channel: string;
   state: "idle" | "waiting-lease" | "connecting" | "connected" | "down" | "refused" = "idle";
   readonly #opts: PeeringOptions;
-  readonly #peering: Peering;
-  /** What this bridge got from or sent to its peer: never sent (back) there. */
-  readonly #sent = new Dedupe();
+  /** What this bridge got from or sent to its peer on this connection: never sent (back) there. */
+  #sent = new Dedupe();
+  #link: PeerLink | undefined;
   #ws: WebSocket | undefined;
   #membership: Membership | undefined;
   #stopped = false;
@@ -137,11 +377,10 @@ class Bridge implements Member {
   #timer: ReturnType<typeof setTimeout> | undefined;
   #leaseTimer: ReturnType<typeof setInterval> | undefined;
 
-  constructor(peer: string, channel: string, opts: PeeringOptions, peering: Peering) {
+  constructor(peer: string, channel: string, opts: PeeringOptions) {
     this.peer = peer;
     this.channel = channel;
     this.#opts = opts;
-    this.#peering = peering;
   }
 
   get #leaseName(): string {
@@ -151,18 +390,18 @@ class Bridge implements Member {
   // ---- Member (frames from the local hub, to the peer) ----
 
   send(frame: Frame): void {
-    // While the peer is unreachable frames are not queued: the peer's own
-    // bridge to us (or its next resynchronization) brings them.
+    // Known to the check whatever the link's state: if it comes back, it is a duplicate.
+    this.#link?.know(frame);
+    // While the peer is unreachable frames are not queued: the resync on
+    // reconnect (or the peer's own bridge to us) brings them.
     const ws = this.#ws;
     if (!ws || ws.readyState !== WebSocket.OPEN) return;
     if (this.#sent.seen(frame.kind, frame.data)) return;
-    // Known now: if it comes back through another path, it is a duplicate.
-    this.#peering.isDuplicate(frame);
-    ws.send(frame.data as string);
+    this.#link?.send(frame, (f) => ws.send(f.data as string));
   }
 
   get bufferedAmount(): number {
-    return this.#ws?.bufferedAmount ?? 0;
+    return (this.#ws?.bufferedAmount ?? 0) + (this.#link?.queuedBytes ?? 0);
   }
 
   close(_close: Close): void {
@@ -174,15 +413,18 @@ class Bridge implements Member {
   // ---- lifecycle ----
 
   start(): void {
+    this.#link = this.#opts.gate.link(this.channel);
     void this.#run();
   }
 
   async stop(): Promise<void> {
+    if (this.#stopped) return;
     this.#stopped = true;
     clearTimeout(this.#timer);
     clearInterval(this.#leaseTimer);
     this.#membership?.leave();
     this.#membership = undefined;
+    this.#link?.close();
     const ws = this.#ws;
     this.#ws = undefined;
     if (ws && ws.readyState <= WebSocket.OPEN) {
@@ -229,7 +471,11 @@ class Bridge implements Member {
       } catch (err) {
         this.#opts.log.warn("peer lease failed", { peer: this.peer, error: err });
       }
-      if (this.#stopped) return;
+      if (this.#stopped) {
+        // Stopped while acquiring: stop() could not give back what it did not hold yet.
+        if (mine) await lease.release(this.#leaseName).catch(() => {});
+        return;
+      }
       if (!mine) {
         this.#setState("waiting-lease");
         this.#timer = setTimeout(() => void this.#run(), LEASE_MS / 3);
@@ -248,28 +494,32 @@ class Bridge implements Member {
       }, LEASE_MS / 3);
     }
     this.#setState("connecting");
+    let ours: Frame[];
     try {
       if (!this.#membership) {
-        // Join locally first: our history fills the window, so a peer's replay adds only what we lack.
-        this.#membership = await this.#opts.hub.join(this, this.channel, {
+        const m = await this.#opts.hub.join(this, this.channel, {
           bridge: true,
           onHistory: (frames) => {
-            for (const f of frames) {
-              this.#peering.isDuplicate(f);
-              this.#sent.seen(f.kind, f.data);
-            }
+            for (const f of frames) this.#link?.know(f);
           },
         });
+        // Stopped while joining: stop() found no membership to leave, so leave now.
+        if (this.#stopped) return m?.leave();
+        this.#membership = m;
       }
+      // Every (re)connect starts from what the channel holds now.
+      ours = await this.#opts.gate.recent(this.channel);
     } catch (err) {
       this.#setState("down", { error: err });
       return this.#retry();
     }
     if (this.#stopped) return;
-    this.#connect();
+    for (const f of ours) this.#link?.know(f);
+    this.#connect(ours, await shortHashes(ours));
   }
 
-  #connect(): void {
+  #connect(ours: Frame[], have: string): void {
+    if (this.#stopped) return;
     const { uid, peerKey } = this.#opts;
     let ws: WebSocket;
     try {
@@ -280,6 +530,8 @@ class Bridge implements Member {
     }
     ws.binaryType = "arraybuffer";
     this.#ws = ws;
+    this.#sent = new Dedupe();
+    const auth = mlesAuth(uid, this.channel, peerKey);
     // Mles has no join acknowledgement: a refused header is closed at once,
     // so the link counts as up after its first frame or a quiet second.
     let upTimer: ReturnType<typeof setTimeout> | undefined;
@@ -290,10 +542,10 @@ class Bridge implements Member {
       this.#setState("connected");
     };
     ws.onopen = () => {
-      ws.send(
-        JSON.stringify({ uid, channel: this.channel, auth: mlesAuth(uid, this.channel, peerKey) }),
-      );
+      // `resync_have`: an mles-deno peer replays only what is not in it; mles-rs ignores it.
+      ws.send(JSON.stringify({ uid, channel: this.channel, auth, resync_have: have }));
       upTimer = setTimeout(up, 1000);
+      void this.#pushMissing(ws, ours, auth);
     };
     ws.onmessage = (ev) => {
       up();
@@ -301,8 +553,7 @@ class Bridge implements Member {
         ? { kind: "text", data: ev.data }
         : { kind: "binary", data: new Uint8Array(ev.data as ArrayBuffer) };
       this.#sent.seen(frame.kind, frame.data); // never send it back to this peer
-      if (this.#peering.isDuplicate(frame)) return;
-      this.#membership?.publish(frame);
+      this.#link?.receive(frame, (f) => this.#membership?.publish(f));
     };
     ws.onerror = () => {};
     ws.onclose = (ev) => {
@@ -313,6 +564,28 @@ class Bridge implements Member {
       this.#setState(refused ? "refused" : "down", { code: ev.code, reason: ev.reason });
       this.#retry();
     };
+  }
+
+  /** Asks an mles-deno peer what it holds and sends only what it lacks; a plain peer is left alone. */
+  async #pushMissing(ws: WebSocket, ours: Frame[], auth: string): Promise<void> {
+    let theirs: string | undefined;
+    try {
+      const res = await fetch(syncUrl(this.peer), {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ uid: this.#opts.uid, channel: this.channel, auth }),
+        signal: AbortSignal.timeout(10_000),
+      });
+      const body = res.ok ? await res.json().catch(() => undefined) : await res.body?.cancel();
+      if (body?.v === 1 && typeof body.have === "string") theirs = body.have;
+    } catch (err) {
+      this.#opts.log.debug("peer sync unavailable", { peer: this.peer, error: err });
+    }
+    if (theirs === undefined || this.#ws !== ws || ws.readyState !== WebSocket.OPEN) return;
+    const send = (f: Frame) => {
+      if (!this.#sent.seen(f.kind, f.data)) ws.send(f.data as string);
+    };
+    this.#link?.sendMissing(ours, theirs, send);
   }
 }
 

@@ -12,8 +12,8 @@ import { KvBus } from "./kv_bus.ts";
 import { Logger } from "./log.ts";
 import { MemoryBus } from "./memory_bus.ts";
 import { Metrics } from "./metrics.ts";
-import { Dedupe } from "./dedupe.ts";
-import { KvLease, Peering } from "./peer.ts";
+import { KvLease, PEER_SYNC_PATH, PeerGate, Peering } from "./peer.ts";
+import { PeerDedup } from "./peer_dedup.ts";
 import { createStaticHandler } from "./static.ts";
 import { KvSessionClaims, MemorySessionClaims, type SessionClaims } from "./session_claims.ts";
 
@@ -45,6 +45,8 @@ export interface Server {
   readonly metrics: Metrics;
   /** Bridges to peer servers, when MLES_PEERS is set. */
   readonly peering: Peering | undefined;
+  /** Peer treatment, duplicate check and resync, when MLES_PEERS or MLES_PEER_KEY is set. */
+  readonly peerGate: PeerGate | undefined;
 }
 
 /** Things a caller may supply instead of letting the server open them. */
@@ -116,7 +118,17 @@ export async function createServer(config: Config, deps: ServerDeps = {}): Promi
       log,
     })
     : new MemoryBus(config.historyLimit);
-  const peerWindow = new Dedupe();
+  const peerGate = config.peers.length > 0 || config.peerKey !== undefined
+    ? new PeerGate({
+      peered: config.peers.length > 0,
+      peerKey: config.peerKey,
+      dedup: new PeerDedup({
+        kv: config.bus === "kv" ? kv : undefined,
+        warn: (m, f) => log.warn(m, f),
+      }),
+      history: async (channel) => (await bus.history(channel)).deliveries.map((d) => d.frame),
+    })
+    : undefined;
   const claims: SessionClaims = config.bus === "kv"
     ? new KvSessionClaims(kv!, { owner: origin, warn: (m, f) => log.warn(m, f) })
     : new MemorySessionClaims();
@@ -139,7 +151,7 @@ export async function createServer(config: Config, deps: ServerDeps = {}): Promi
         metrics.framesIn++;
         metrics.bytesIn += bytes;
       },
-      peerDuplicate: (f) => peerWindow.seen(f.kind, f.data),
+      peers: peerGate,
     },
     metrics,
     rateLimitPerMinute: config.rateLimitPerMinute,
@@ -172,16 +184,23 @@ export async function createServer(config: Config, deps: ServerDeps = {}): Promi
       hub,
       log,
       lease: kv && config.bus === "kv" ? new KvLease(kv, origin) : undefined,
-      window: peerWindow,
+      gate: peerGate!,
     });
   }
 
   let closed: Promise<void> | undefined;
   return {
-    fetch: http.fetch,
+    fetch: (req, info) => {
+      // Resync between mles-deno peers (authorized by the peer key inside).
+      if (peerGate && req.method === "POST" && new URL(req.url).pathname === PEER_SYNC_PATH) {
+        return peerGate.handleSync(req);
+      }
+      return http.fetch(req, info);
+    },
     hub,
     metrics,
     peering,
+    peerGate,
     close() {
       closed ??= (async () => {
         await peering?.close();

@@ -14,6 +14,7 @@ import { exceedsBytes, type Frame, utf8Length } from "./frame.ts";
 import { type Header, parseHeader, PEER_UID_PREFIX } from "./header.ts";
 import type { Hub, Member, Membership } from "./hub.ts";
 import type { Logger } from "./log.ts";
+import { type PeerGate, type PeerLink, RESYNC_FRAMES } from "./peer.ts";
 import { type SessionClaims, sessionIdentity } from "./session_claims.ts";
 
 /** What a session needs from the server. */
@@ -27,8 +28,8 @@ export interface SessionContext {
   readonly onReject?: (close: Close) => void;
   /** Counts a frame received from a joined client (metrics). */
   readonly onFrame?: (bytes: number) => void;
-  /** True if a frame from a peering bridge already entered this server (drop it). */
-  readonly peerDuplicate?: (frame: Frame) => boolean;
+  /** Peer treatment for other servers' bridges (present when peering is configured). */
+  readonly peers?: PeerGate;
 }
 
 /**
@@ -101,14 +102,16 @@ export function runSession(
   let identity: string | undefined;
   let membership: Membership | undefined;
   let early: Frame[] = [];
-  let fromPeer = false;
+  /** Set for a proven peer server's bridge: its frames in and out go through peering's check. */
+  let link: PeerLink | undefined;
   const frameRate = config.maxFramesPerS > 0 ? new RateBucket(config.maxFramesPerS) : undefined;
   const byteRate = config.maxBytesPerS > 0 ? new RateBucket(config.maxBytesPerS) : undefined;
 
+  const sendNow = (frame: Frame) => socket.send(frame.data as string);
   const member: Member = {
-    send: (frame) => socket.send(frame.data as string),
+    send: (frame) => link ? link.send(frame, sendNow) : sendNow(frame),
     get bufferedAmount() {
-      return socket.bufferedAmount;
+      return socket.bufferedAmount + (link?.queuedBytes ?? 0);
     },
     close: (close) => closeSocket(close),
   };
@@ -136,8 +139,8 @@ export function runSession(
 
   const publish = (m: Membership, frame: Frame, size = frameSize(frame)) => {
     ctx.onFrame?.(size);
-    if (fromPeer && ctx.peerDuplicate?.(frame)) return;
-    m.publish(frame);
+    if (link) link.receive(frame, (f) => m.publish(f));
+    else m.publish(frame);
   };
 
   const headerTimer = setTimeout(() => {
@@ -149,14 +152,14 @@ export function runSession(
     const parsed = parseHeader(frame, config.maxHeaderBytes);
     if (!parsed.ok) return reject(parsed.close);
     const h = parsed.header;
-    if (!verifyAuth(h, config.key)) {
+    if (!verifyAuth(h, config.key) && !ctx.peers?.authenticates(h)) {
       return reject(
         config.key !== undefined && h.auth === undefined ? CLOSE.authRequired : CLOSE.authFailed,
         h.uid,
         h.channel,
       );
     }
-    fromPeer = h.uid.startsWith(PEER_UID_PREFIX);
+    if (h.uid.startsWith(PEER_UID_PREFIX) && ctx.peers?.proves(h)) link = ctx.peers.link(h.channel);
     // Frames sent while the identity is being claimed are held like those sent while joining.
     state = "joining";
     const id = sessionIdentity(h.uid, h.channel, h.auth);
@@ -181,7 +184,7 @@ export function runSession(
   };
 
   const join = (h: Header, frame: Frame, after?: () => void) => {
-    hub.join(member, h.channel, { header: frame }).then((m) => {
+    hub.join(member, h.channel, joinOptions(frame)).then((m) => {
       if (!m) return after?.();
       const queued = early;
       early = [];
@@ -202,6 +205,28 @@ export function runSession(
       log.error("join failed", { peer, uid: h.uid, channel: h.channel, error: err });
       closeSocket(CLOSE.storeFailed);
     });
+  };
+
+  /**
+   * A peer bridge of mles-deno sends the hashes of what it holds
+   * (`resync_have`): it gets only the history frames it lacks, and its
+   * header is not stored (a bridge is not a user joining).
+   */
+  const joinOptions = (header: Frame) => {
+    let have: unknown;
+    if (link) {
+      try {
+        have = JSON.parse(header.data as string).resync_have;
+      } catch { /* parsed before: cannot fail */ }
+    }
+    if (!link || typeof have !== "string") return { header };
+    const l = link;
+    return {
+      onHistory: (frames: Frame[]) => {
+        for (const f of frames) l.know(f);
+        l.sendMissing(frames.slice(-RESYNC_FRAMES), have as string, sendNow);
+      },
+    };
   };
 
   socket.onmessage = (ev: MessageEvent) => {
@@ -246,6 +271,7 @@ export function runSession(
     membership = undefined;
     if (identity !== undefined) ctx.claims.release(identity);
     identity = undefined;
+    link?.close();
   }
   const ended = () => {
     if (drain) clearTimeout(drain.timer);
