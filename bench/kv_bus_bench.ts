@@ -267,9 +267,7 @@ async function many(c: number) {
 
 const median = (xs: number[]) => {
   const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2
-    ? s[(s.length - 1) / 2]
-    : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
 };
 const fmt = (xs: number[], digits: number) =>
   `${median(xs).toFixed(digits)} (${Math.min(...xs).toFixed(digits)}-${
@@ -303,9 +301,7 @@ for (let r = 0; r < REPS; r++) {
       add(`sat.C${c}.4_vs_1.ratio`, four.rate / one.rate);
       add(`sat.C${c}.lost_checks`, one.lostChecks + four.lostChecks);
       console.error(
-        `rep ${r + 1} sat C=${c}: ${one.rate.toFixed(0)} vs ${
-          four.rate.toFixed(0)
-        }`,
+        `rep ${r + 1} sat C=${c}: ${one.rate.toFixed(0)} vs ${four.rate.toFixed(0)}`,
       );
     }
   }
@@ -326,13 +322,7 @@ console.log(
 );
 console.log("| figure | value |\n| --- | --- |");
 for (const [k, xs] of Object.entries(results)) {
-  const digits = k.includes("per_s")
-    ? 0
-    : k.includes("ms")
-    ? 1
-    : k.includes("per_")
-    ? 3
-    : 2;
+  const digits = k.includes("per_s") ? 0 : k.includes("ms") ? 1 : k.includes("per_") ? 3 : 2;
   console.log(`| ${k} | ${fmt(xs, digits)} |`);
 }
 if (values.json) {

@@ -22,6 +22,8 @@ export interface Delivery {
   readonly frame: Frame;
   /** Commit-ordered position in the channel, set once stored. */
   pos?: Position;
+  /** Size on the wire when the publisher already measured it (saves measuring twice). */
+  readonly bytes?: number;
   /** A join header: stored in history, never delivered live (SPEC section 3). */
   readonly historyOnly?: boolean;
   /** Opaque handle of the local publisher, so a frame that cannot be stored can be traced to it. */

@@ -52,8 +52,13 @@ export interface JoinOptions {
 
 /** A member's place in a channel, returned by {@link Hub.join}. */
 export interface Membership {
-  /** Delivers `frame` to every other member of the channel (on every isolate) and to history. */
-  publish(frame: Frame): void;
+  /**
+   * Delivers `frame` to every other member of the channel (on every isolate)
+   * and to history. `bytes`, its size on the wire, saves measuring it again.
+   * If the store cannot take it (queue full), the member is closed with 1013
+   * and the frame goes nowhere.
+   */
+  publish(frame: Frame, bytes?: number): void;
   /** Leaves the channel. Idempotent. */
   leave(): void;
 }
@@ -205,9 +210,9 @@ export class Hub {
     this.#joined++;
     const joined = ch;
     return {
-      publish: (frame) => {
+      publish: (frame, bytes) => {
         if (slot.left) return;
-        const d: Delivery = { id: this.#newId(), frame, source: member };
+        const d: Delivery = { id: this.#newId(), frame, source: member, bytes };
         // Queued for storage first: a publisher the store cannot keep up
         // with is closed, and its frame goes nowhere (not half-delivered).
         if (!this.#bus.publish(channel, d)) return this.#drop(joined, slot, CLOSE.storeBusy);

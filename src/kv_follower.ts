@@ -296,8 +296,9 @@ export class KvFollower {
         for (const { vs, entry } of entries) {
           cursor = vs;
           if (entry.o === this.#o.origin) continue;
-          for (let i = 0; i < entry.f.length; i++) {
-            const v = entry.f[i];
+          const fs = await this.#o.reader.framesOf(f.ck, vs, entry);
+          for (let i = 0; i < fs.length; i++) {
+            const v = fs[i];
             if (v.h === 1) continue; // join headers are history only
             const frame = await this.#o.reader.frame(f.ck, v);
             if (!frame) {

@@ -30,12 +30,33 @@ export interface StoredFrame {
   c?: number;
 }
 
-/** One commit's frames of one channel: the value under `keys.entry(channel, versionstamp)`. */
+/**
+ * One commit's frames of one channel: the value under
+ * `keys.entry(channel, versionstamp)`. When they do not fit one value, the
+ * rest are in `p` overflow pages (`keys.page(channel, i, versionstamp)`,
+ * written by the same commit), in order after `f`.
+ */
 export interface StoredEntry {
   /** Origin: the isolate that wrote it. */
   o: string;
   f: StoredFrame[];
+  /** Number of overflow pages (absent = 0). */
+  p?: number;
+  /** Frames in the whole batch (f and pages). */
+  n: number;
+  /** Bytes on the wire of the whole batch. */
+  b: number;
+  /** Chunked frames of the whole batch, [frame id, chunks] (so a trim need not read pages). */
+  x?: [string, number][];
 }
+
+/** One overflow page: more frames of the batch, in order. */
+export interface StoredPage {
+  f: StoredFrame[];
+}
+
+/** Overflow pages one channel's batch may have in one commit. */
+export const MAX_PAGES = 10;
 
 /** One commit's record in a shard's moved log: which channel keys it stored frames for. */
 export interface MovedRecord {
@@ -95,7 +116,7 @@ export interface QueuedFrame {
 
 /** Wraps a delivery for the writer's queue. */
 export function queued(delivery: Delivery, now: number): QueuedFrame {
-  const bytes = frameBytes(delivery.frame);
+  const bytes = delivery.bytes ?? frameBytes(delivery.frame);
   const cost = inlineCost(delivery.frame);
   const chunked = cost > INLINE_MAX;
   return {
@@ -154,9 +175,9 @@ export function fromStored(v: StoredFrame, chunks?: Uint8Array[]): Frame {
   return v.t === 0 ? { kind: "text", data: decoder.decode(all) } : { kind: "binary", data: all };
 }
 
-/** Estimated serialised bytes of a stored entry (for KV unit counting). */
-export function entryBytes(e: StoredEntry): number {
-  let n = 24 + e.o.length;
+/** Estimated serialised bytes of a stored entry or page (for KV unit counting). */
+export function entryBytes(e: { f: StoredFrame[] }): number {
+  let n = 32;
   for (const f of e.f) {
     n += FRAME_OVERHEAD + f.i.length;
     if (f.d !== undefined) {
@@ -183,6 +204,8 @@ export interface PlannedEntry {
   readonly channel: PlanChannel;
   /** The first `frames.length` frames of the channel's queue, in order. */
   readonly frames: QueuedFrame[];
+  /** Where each overflow page starts in `frames` (page i holds frames[pageStarts[i]..]). */
+  readonly pageStarts: number[];
 }
 
 /** Chunks `from..to-1` of a queued frame written by this commit. */
@@ -229,14 +252,26 @@ export function planCommit(channels: readonly PlanChannel[]): CommitPlan {
     const fixedBytes = 24 + (newShard ? movedBytes(1) + 16 : MOVED_PER_CHANNEL);
     if (mutations + fixedMut > COMMIT_MUTATIONS || bytes + fixedBytes > COMMIT_BYTES) break;
     const frames: QueuedFrame[] = [];
+    const pageStarts: number[] = [];
     let entry = 24;
     let usedBytes = 0;
     let usedMut = 0;
+    /** Opens an overflow page for a frame of `cost` bytes, if the commit has room. */
+    const newPage = (cost: number): boolean => {
+      if (pageStarts.length >= MAX_PAGES) return false;
+      if (mutations + fixedMut + usedMut + 1 > COMMIT_MUTATIONS) return false;
+      if (bytes + fixedBytes + usedBytes + 24 + cost > COMMIT_BYTES) return false;
+      pageStarts.push(frames.length);
+      usedMut++;
+      usedBytes += 24;
+      entry = 24;
+      return true;
+    };
     for (const q of ch.queue) {
       const pointer = FRAME_OVERHEAD + q.delivery.id.length;
       if (q.inline >= 0) {
         const cost = pointer + q.inline;
-        if (entry + cost > VALUE_BUDGET) break;
+        if (entry + cost > VALUE_BUDGET && !newPage(cost)) break;
         if (bytes + fixedBytes + usedBytes + cost > COMMIT_BYTES) break;
         entry += cost;
         usedBytes += cost;
@@ -249,7 +284,9 @@ export function planCommit(channels: readonly PlanChannel[]): CommitPlan {
       const restMut = q.chunkCount - q.chunksWritten;
       const roomBytes = COMMIT_BYTES - bytes - fixedBytes - usedBytes - pointer;
       const roomMut = COMMIT_MUTATIONS - mutations - fixedMut - usedMut;
-      if (entry + pointer <= VALUE_BUDGET && restBytes <= roomBytes && restMut <= roomMut) {
+      const fits = restBytes <= roomBytes && restMut <= roomMut;
+      if (fits && entry + pointer > VALUE_BUDGET && !newPage(pointer)) break;
+      if (fits && restBytes <= COMMIT_BYTES - bytes - fixedBytes - usedBytes - pointer) {
         if (restMut > 0) {
           chunks.push({ channel: ch, frame: q, from: q.chunksWritten, to: q.chunkCount });
         }
@@ -278,8 +315,14 @@ export function planCommit(channels: readonly PlanChannel[]): CommitPlan {
       }
       break;
     }
+    // A page opened for a frame that then did not fit stays unwritten.
+    while (pageStarts.length > 0 && pageStarts[pageStarts.length - 1] === frames.length) {
+      pageStarts.pop();
+      usedMut--;
+      usedBytes -= 24;
+    }
     if (frames.length === 0) continue;
-    entries.push({ channel: ch, frames });
+    entries.push({ channel: ch, frames, pageStarts });
     bytes += fixedBytes + usedBytes;
     mutations += fixedMut + usedMut;
     const list = shards.get(ch.shard);

@@ -49,6 +49,12 @@ export const keys = {
   entries: (ch: string): Deno.KvKey => [ROOT, "e", ch],
   /** `{ v }`: every entry of the channel at or before versionstamp `v` has been deleted. */
   trimMark: (ch: string): Deno.KvKey => [ROOT, "e", ch, TRIM_MARK],
+  /**
+   * Overflow page `i` of one commit's batch for a channel (a batch larger than
+   * one value). One prefix per page index, each key ending in the stamp, since
+   * a commit may set one versionstamped key per prefix.
+   */
+  page: (ch: string, i: number, stamp: string | symbol): Deno.KvKey => [ROOT, "p", ch, i, stamp],
   /** Piece `i` of a frame too large for one value, by frame id. */
   chunk: (ch: string, frameId: string, i: number): Deno.KvKey => [ROOT, "x", ch, frameId, i],
   /** Watched key of a shard: bumped by every commit that stores frames of that shard's channels. */

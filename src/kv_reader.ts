@@ -9,7 +9,13 @@
  * kv_format, kv_keys, retry, metrics (type).
  */
 import { type Delivery, type Position, position } from "./frame.ts";
-import { entryBytes, fromStored, type StoredEntry, type StoredFrame } from "./kv_format.ts";
+import {
+  entryBytes,
+  fromStored,
+  type StoredEntry,
+  type StoredFrame,
+  type StoredPage,
+} from "./kv_format.ts";
 import { isTrimMark, keys } from "./kv_keys.ts";
 import type { Metrics } from "./metrics.ts";
 import { isDatabaseLocked, retry } from "./retry.ts";
@@ -138,7 +144,7 @@ export class KvReader {
     for await (const e of it) {
       const vs = e.key[3] as string;
       this.#units(entryBytes(e.value));
-      const fs = e.value.f;
+      const fs = await this.framesOf(ck, vs, e.value);
       if (lastPos === "" && fs.length > 0) lastPos = position(vs, fs.length - 1);
       for (let i = fs.length - 1; i >= 0; i--) {
         if (picked.length >= limit || (maxBytes > 0 && bytes + fs[i].n > maxBytes)) {
@@ -158,6 +164,29 @@ export class KvReader {
       deliveries.push({ id: p.v.i, frame, pos: p.pos, historyOnly: p.v.h === 1 });
     }
     return { deliveries, lastPos };
+  }
+
+  /**
+   * Every frame of a listed batch, in order: the entry's own and those of its
+   * overflow pages. Pages gone (trimmed meanwhile) end the list early.
+   */
+  async framesOf(ck: string, vs: string, entry: StoredEntry): Promise<StoredFrame[]> {
+    if (!entry.p) return entry.f;
+    const ks: Deno.KvKey[] = [];
+    for (let i = 0; i < entry.p; i++) ks.push(keys.page(ck, i, vs));
+    const out = entry.f.slice();
+    for (let i = 0; i < ks.length; i += 10) {
+      const got = await retry(
+        () => this.#kv.getMany<StoredPage[]>(ks.slice(i, i + 10), { consistency: "strong" }),
+        { what: "Cannot read batch pages", ...READ_RETRY },
+      );
+      for (const g of got) {
+        if (g.value === null) return out;
+        this.#units(entryBytes(g.value));
+        out.push(...g.value.f);
+      }
+    }
+    return out;
   }
 
   /** The frame a stored frame holds, loading its chunks; undefined if they are gone. */

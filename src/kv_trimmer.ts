@@ -36,6 +36,8 @@ interface Listed extends TrimEntry {
   readonly vs: string;
   /** Chunked frames of the batch: [frame id, chunks]. */
   readonly chunked: [string, number][];
+  /** Overflow pages of the batch. */
+  readonly pages: number;
 }
 
 /** Mutations per delete commit (KV allows 1,000). */
@@ -59,8 +61,8 @@ export class KvTrimmer {
 
   /**
    * Notes that `frames` frames of `bytes` bytes were stored in the channel
-   * `ck`. The channel is trimmed soon when that passes a quarter of a bound,
-   * else within the interval.
+   * `ck`. The channel is trimmed within the interval (default 1 s), or at
+   * once when more than max(1 MiB, slack) bytes were written since its last trim.
    */
   note(ck: string, frames: number, bytes: number): void {
     if (this.#closed) return;
@@ -69,10 +71,10 @@ export class KvTrimmer {
     w.bytes += bytes;
     this.#written.set(ck, w);
     const o = this.#o;
-    if (
-      w.frames >= Math.max(16, o.limit / 4) ||
-      w.bytes >= Math.max(64 * 1024, o.slackBytes / 4, o.maxBytes / 4)
-    ) {
+    // Trimming reads the kept window back, so it runs about once per interval
+    // per channel; sooner only when the bytes written since would let the
+    // stored history grow past window + 2 x slack.
+    if (w.bytes >= Math.max(1024 * 1024, o.slackBytes)) {
       this.#due.add(ck);
       this.#kick();
     }
@@ -83,7 +85,7 @@ export class KvTrimmer {
         clearInterval(this.#timer);
         this.#timer = undefined;
       }
-    }, o.intervalMs ?? 2000);
+    }, o.intervalMs ?? 1000);
   }
 
   /** Stops trimming; waits for a trim in progress. */
@@ -120,14 +122,14 @@ export class KvTrimmer {
       true,
     );
     for await (const e of it) {
-      const f = e.value.f;
-      let bytes = 0;
-      const chunked: [string, number][] = [];
-      for (const v of f) {
-        bytes += v.n;
-        if (v.c !== undefined) chunked.push([v.i, v.c]);
-      }
-      listed.push({ vs: e.key[3] as string, frames: f.length, bytes, chunked });
+      const v = e.value;
+      listed.push({
+        vs: e.key[3] as string,
+        frames: v.n,
+        bytes: v.b,
+        chunked: v.x ?? [],
+        pages: v.p ?? 0,
+      });
       if (cut < 0 && listed.length % 64 === 0) cut = planTrim(listed, this.#o);
       if (cut >= 0 && listed.length - cut >= MAX_DELETE) break;
     }
@@ -158,9 +160,10 @@ export class KvTrimmer {
       });
     };
     for (const d of doomed) {
-      const need = 1 + d.chunked.reduce((n, [, c]) => n + c, 0);
+      const need = 1 + d.pages + d.chunked.reduce((n, [, c]) => n + c, 0);
       if (muts.length > 0 && muts.length + need > DELETE_BATCH) await flush();
       muts.push(keys.entry(ck, d.vs));
+      for (let i = 0; i < d.pages; i++) muts.push(keys.page(ck, i, d.vs));
       for (const [id, c] of d.chunked) {
         for (let i = 0; i < c; i++) {
           muts.push(keys.chunk(ck, id, i));

@@ -18,6 +18,7 @@ import {
   queued,
   type QueuedFrame,
   type StoredEntry,
+  type StoredPage,
   toStored,
 } from "./kv_format.ts";
 import { channelKey, keys, shardOf } from "./kv_keys.ts";
@@ -213,9 +214,23 @@ export class KvWriter {
     const stamp = kv.commitVersionstamp();
     let units = 0;
     for (const e of plan.entries) {
-      const value: StoredEntry = { o: origin, f: e.frames.map(toStored) };
+      const stored = e.frames.map(toStored);
+      const cuts = [0, ...e.pageStarts, stored.length];
+      let b = 0;
+      for (const q of e.frames) b += q.bytes;
+      const value: StoredEntry = { o: origin, f: stored.slice(0, cuts[1]), n: stored.length, b };
+      if (e.pageStarts.length > 0) value.p = e.pageStarts.length;
+      const chunked = stored.filter((v) => v.c !== undefined).map((
+        v,
+      ): [string, number] => [v.i, v.c!]);
+      if (chunked.length > 0) value.x = chunked;
       op.set(keys.entry(e.channel.ck, stamp), value, { expireIn: ttlMs });
       units += Math.max(1, Math.ceil(entryBytes(value) / 1024));
+      for (let i = 1; i < cuts.length - 1; i++) {
+        const page: StoredPage = { f: stored.slice(cuts[i], cuts[i + 1]) };
+        op.set(keys.page(e.channel.ck, i - 1, stamp), page, { expireIn: ttlMs });
+        units += Math.max(1, Math.ceil(entryBytes(page) / 1024));
+      }
       for (const q of e.frames) this.#inflight.add(q);
     }
     for (const c of plan.chunks) {

@@ -274,7 +274,10 @@ Deno.test("kv bus: a reader behind trimmed frames counts a gap and goes on with 
 Deno.test("kv bus: a frame that cannot be stored within the store timeout is reported to its publisher", async () => {
   const dir = await Deno.makeTempDir({ prefix: "mles-kvbus-" });
   const kv = await Deno.openKv(`${dir}/kv.sqlite3`);
-  const { bus, metrics } = kvBus(kv, 10, "dead", { storeTimeoutMs: 300 });
+  const { bus, metrics } = kvBus(kv, 10, "dead", {
+    storeTimeoutMs: 300,
+    log: new Logger("silent"),
+  });
   const failed: string[] = [];
   bus.listen({ onFrames: () => {}, onPublishFailed: (_c, d) => failed.push(d.id) });
   try {
@@ -376,4 +379,40 @@ Deno.test("kv bus: 100 channels at a steady rate share commits (far fewer commit
   await waitFor(() => all.every((d) => d.pos !== undefined), "stored", 10_000);
   const commits = h.a.metrics.kvCommits - before;
   assert.ok(commits <= all.length / 10, `${all.length} frames took ${commits} commits`);
+});
+
+Deno.test("kv bus: a batch larger than one value is stored in pages, read back in order everywhere, and trimmed with its pages", async () => {
+  await using h = await twoHandles(1000, { readerSlackBytes: 0 });
+  const got: Delivery[] = [];
+  h.b.bus.listen({ onFrames: (_c, ds) => got.push(...ds), onPublishFailed: () => {} });
+  await h.a.bus.subscribe("pages");
+  await h.b.bus.subscribe("pages");
+  const sent = Array.from({ length: 600 }, (_, i) => bin(1000, i & 0xff));
+  for (const d of sent) h.a.bus.publish("pages", d);
+  await waitFor(() => got.length >= sent.length, "delivered", 10_000);
+  assert.deepEqual(got.map((d) => d.id), sent.map((d) => d.id));
+  const pagesStored = async () => {
+    let k = 0;
+    for await (const _ of h.kvs[0].list({ prefix: ["mles", "p"] })) k++;
+    return k;
+  };
+  assert.ok(await pagesStored() > 0, "overflow pages written");
+  const hist = await h.b.bus.history("pages");
+  assert.deepEqual(hist.deliveries.map((d) => d.id), sent.map((d) => d.id));
+  // 600 more push the first batches out of the window of 1,000: their pages go with them.
+  const more = Array.from({ length: 600 }, (_, i) => bin(1000, i & 0xff));
+  for (const d of more) h.a.bus.publish("pages", d);
+  await waitFor(() => more.every((d) => d.pos !== undefined), "stored", 10_000);
+  await h.a.bus.trimNow("pages"); // (the background trim may have run already)
+  const entries = new Set<string>();
+  for await (const e of h.kvs[0].list({ prefix: ["mles", "e"] })) entries.add(e.key[3] as string);
+  for await (const p of h.kvs[0].list({ prefix: ["mles", "p"] })) {
+    assert.ok(entries.has(p.key[4] as string), "no page outlives its batch");
+  }
+  assert.ok(await pagesStored() > 0);
+  const after = await h.a.bus.history("pages");
+  assert.deepEqual(
+    after.deliveries.map((d) => d.id),
+    [...sent, ...more].slice(-1000).map((d) => d.id),
+  );
 });
