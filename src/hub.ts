@@ -98,7 +98,6 @@ export class Hub {
   readonly #bus: Bus;
   readonly #opts: HubOptions;
   readonly #channels = new Map<string, Channel>();
-  readonly #claims = new Set<string>();
   readonly #origin = newOrigin();
   #nextId = 0;
   #members = 0;
@@ -126,21 +125,6 @@ export class Hub {
   /** Local members whose join has completed (history sent, header stored or queued). */
   get joinedCount(): number {
     return this.#joined;
-  }
-
-  /**
-   * Reserves a session identity (uid + channel + auth) on this isolate.
-   * False if it is already held: SPEC section 5's duplicate-session rule.
-   */
-  claim(identity: string): boolean {
-    if (this.#claims.has(identity)) return false;
-    this.#claims.add(identity);
-    return true;
-  }
-
-  /** Releases an identity taken with {@link claim}, at once, so a reconnect can take it. */
-  release(identity: string): void {
-    this.#claims.delete(identity);
   }
 
   /**

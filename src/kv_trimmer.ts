@@ -51,6 +51,8 @@ export class KvTrimmer {
   /** Channel key -> what was written since its last trim. */
   readonly #written = new Map<string, Written>();
   readonly #due = new Set<string>();
+  /** Channel key -> the batches this isolate knows are stored (oldest first) and the newest one read. */
+  readonly #known = new Map<string, { batches: Listed[]; cursor: string; used: number }>();
   #running: Promise<void> | undefined;
   #timer: ReturnType<typeof setInterval> | undefined;
   #closed = false;
@@ -80,6 +82,8 @@ export class KvTrimmer {
     }
     this.#timer ??= setInterval(() => {
       for (const k of this.#written.keys()) this.#due.add(k);
+      // Forget what we knew of channels nobody wrote here for a minute.
+      for (const [k, v] of this.#known) if (Date.now() - v.used > 60_000) this.#known.delete(k);
       this.#kick();
       if (this.#written.size === 0 && this.#timer !== undefined) {
         clearInterval(this.#timer);
@@ -112,30 +116,42 @@ export class KvTrimmer {
     })().finally(() => this.#running = undefined);
   }
 
-  /** Deletes the channel's batches that fell out of its bounds now. Exposed for tests. */
+  /**
+   * Deletes the channel's batches that fell out of its bounds now; resolves
+   * with how many. Exposed for tests.
+   */
   async trim(ck: string): Promise<number> {
-    const listed: Listed[] = [];
-    let cut = -1;
-    const it = this.#o.reader.list<StoredEntry>(
-      "Cannot list channel for trimming",
-      { prefix: keys.entries(ck), end: keys.trimMark(ck) },
-      true,
-    );
-    for await (const e of it) {
+    // What this isolate already knows of the channel (oldest first): only
+    // batches stored since are read, so a trim costs what was written, not
+    // the whole kept window.
+    let st = this.#known.get(ck);
+    if (!st) this.#known.set(ck, st = { batches: [], cursor: "", used: Date.now() });
+    st.used = Date.now();
+    const prefix = keys.entries(ck);
+    const selector: Deno.KvListSelector = st.cursor === ""
+      ? { prefix, end: keys.trimMark(ck) }
+      : { start: [...prefix, st.cursor + "\0"], end: keys.trimMark(ck) };
+    for await (
+      const e of this.#o.reader.list<StoredEntry>("Cannot list channel for trimming", selector)
+    ) {
       const v = e.value;
-      listed.push({
-        vs: e.key[3] as string,
-        frames: v.n,
-        bytes: v.b,
-        chunked: v.x ?? [],
-        pages: v.p ?? 0,
-      });
-      if (cut < 0 && listed.length % 64 === 0) cut = planTrim(listed, this.#o);
-      if (cut >= 0 && listed.length - cut >= MAX_DELETE) break;
+      const vs = e.key[3] as string;
+      st.batches.push({ vs, frames: v.n, bytes: v.b, chunked: v.x ?? [], pages: v.p ?? 0 });
+      st.cursor = vs;
     }
-    if (cut < 0) cut = planTrim(listed, this.#o);
+    const listed = st.batches.slice().reverse(); // newest first
+    const cut = planTrim(listed, this.#o);
     if (cut < 0) return 0;
-    const doomed = listed.slice(cut);
+    // Oldest batches go first; the rest (beyond MAX_DELETE) next time.
+    const all = listed.slice(cut);
+    const doomedOldestFirst = all.slice(-MAX_DELETE).reverse();
+    st.batches.splice(0, doomedOldestFirst.length);
+    const done = await this.#delete(ck, doomedOldestFirst.slice().reverse());
+    return done;
+  }
+
+  /** Deletes `doomed` (newest first) with their pages and chunks, the trim mark first. */
+  async #delete(ck: string, doomed: Listed[]): Promise<number> {
     // The mark first (with the first deletions): readers behind it count a gap.
     let first = true;
     let muts: Deno.KvKey[] = [];

@@ -139,8 +139,8 @@ export function runSession(
 
   const publish = (m: Membership, frame: Frame, size = frameSize(frame)) => {
     ctx.onFrame?.(size);
-    if (link) link.receive(frame, (f) => m.publish(f));
-    else m.publish(frame);
+    if (link) link.receive(frame, (f) => m.publish(f, size));
+    else m.publish(frame, size);
   };
 
   const headerTimer = setTimeout(() => {
