@@ -23,5 +23,5 @@ shutdownOnSignals(server, config.shutdownTimeoutMs);
 /** The request handler (`deno serve` and Deploy call `fetch`). */
 export default { fetch: server.fetch } satisfies Deno.ServeDefaultExport;
 
-/** This isolate's validated settings (start.ts reads PORT and TLS from here). */
-export { config };
+/** This isolate's validated settings and server (start.ts serves it on PORT). */
+export { config, server };

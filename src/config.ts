@@ -41,6 +41,14 @@ export interface Config {
   readonly maxBytesPerS: number;
   /** Open WebSockets per isolate; 0 = unlimited. */
   readonly maxConnections: number;
+  /** `deno task start`'s transport: "node" (node:http + npm:ws, bounded; default) or "deno" (Deno.serve). */
+  readonly transport: "node" | "deno";
+  /** Open connections per client address (WebSockets; and TCP under `deno task start`); 0 = unlimited. */
+  readonly maxConnectionsPerIp: number;
+  /** Joins per client address per minute (a bucket of that size refilled evenly); 0 = unlimited. */
+  readonly joinRatePerMinute: number;
+  /** Different channels one client address may join per hour; 0 = unlimited. */
+  readonly channelRatePerHour: number;
   /** Bytes of history replayed per channel (besides the frame count); 0 = unlimited. */
   readonly historyMaxBytes: number;
   /** Bearer token required by GET /metrics; undefined = open. */
@@ -136,6 +144,10 @@ const schema = z.object({
   MLES_MAX_FRAMES_PER_S: int("MLES_MAX_FRAMES_PER_S", 0, 10_000_000, 0),
   MLES_MAX_BYTES_PER_S: int("MLES_MAX_BYTES_PER_S", 0, 1024 * 1024 * MiB, 0),
   MLES_MAX_CONNECTIONS: int("MLES_MAX_CONNECTIONS", 0, 10_000_000, 0),
+  MLES_TRANSPORT: oneOf("MLES_TRANSPORT", ["node", "deno"] as const, "node"),
+  MLES_MAX_CONNECTIONS_PER_IP: int("MLES_MAX_CONNECTIONS_PER_IP", 0, 10_000_000, 256),
+  MLES_JOIN_RATE: int("MLES_JOIN_RATE", 0, 1_000_000, 60),
+  MLES_CHANNEL_RATE: int("MLES_CHANNEL_RATE", 0, 1_000_000, 60),
   MLES_HISTORY_MAX_BYTES: int("MLES_HISTORY_MAX_BYTES", 0, 1024 * 1024 * MiB, 0),
   MLES_METRICS_TOKEN: optionalText,
   MLES_TLS_CERT: optionalText,
@@ -232,6 +244,10 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     maxFramesPerS: e.MLES_MAX_FRAMES_PER_S,
     maxBytesPerS: e.MLES_MAX_BYTES_PER_S,
     maxConnections: e.MLES_MAX_CONNECTIONS,
+    transport: e.MLES_TRANSPORT,
+    maxConnectionsPerIp: e.MLES_MAX_CONNECTIONS_PER_IP,
+    joinRatePerMinute: e.MLES_JOIN_RATE,
+    channelRatePerHour: e.MLES_CHANNEL_RATE,
     historyMaxBytes: e.MLES_HISTORY_MAX_BYTES,
     metricsToken: e.MLES_METRICS_TOKEN,
     tlsCert: e.MLES_TLS_CERT,

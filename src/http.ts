@@ -53,6 +53,8 @@ export interface HttpContext {
   readonly rateLimitPerMinute: number;
   /** Open sockets per isolate (0 = unlimited). */
   readonly maxConnections: number;
+  /** Open sockets per client address (0 = unlimited). */
+  readonly maxSocketsPerIp?: number;
   /** Bearer token for /metrics, or undefined. */
   readonly metricsToken: string | undefined;
   /** True when the history store answers. */
@@ -73,6 +75,13 @@ export interface HttpHandler {
   closeSockets(waitMs?: number): Promise<void>;
   /** Open WebSockets (joined or not). */
   readonly socketCount: number;
+  /**
+   * For a transport that upgrades by itself (node_server.ts): the refusal
+   * to send for this upgrade request, or undefined to go on.
+   */
+  admitUpgrade(req: Request, peer: string): Response | undefined;
+  /** Runs a session on a socket that transport upgraded; see {@link createHttpHandler}. */
+  adoptSocket(socket: WebSocket, peer: string, forceClose?: () => void): void;
 }
 
 function offersSubprotocol(req: Request): boolean {
@@ -101,9 +110,9 @@ export function createHttpHandler(ctx: HttpContext): HttpHandler {
     return new Response(message + "\n", { status, headers });
   };
 
-  const upgrade = (req: Request, info?: Deno.ServeHandlerInfo): Response => {
-    // Read the peer before upgrading: the request is gone afterwards.
-    const peer = peerOf(info);
+  const perIp = new Map<string, number>();
+  /** Why an upgrade from `peer` is refused (a Response to send), or undefined to accept it. */
+  const admitUpgrade = (req: Request, peer: string): Response | undefined => {
     if (closing) return refuse(503, "Server is shutting down", peer);
     if (!offersSubprotocol(req)) {
       return refuse(400, `Cannot upgrade: offer the WebSocket subprotocol ${SUBPROTOCOL}`, peer);
@@ -121,27 +130,50 @@ export function createHttpHandler(ctx: HttpContext): HttpHandler {
         "retry-after": "5",
       });
     }
-    const { socket, response } = Deno.upgradeWebSocket(req, {
-      protocol: SUBPROTOCOL,
-      // Deno pings after idleTimeout/2 of silence and closes after idleTimeout:
-      // this gives the Mles 24 s ping cadence with one keepalive, not two.
-      idleTimeout: ctx.session.config.pingIntervalS * 2,
-    });
+    const perIpLimit = ctx.maxSocketsPerIp ?? 0;
+    if (perIpLimit > 0 && (perIp.get(peer) ?? 0) >= perIpLimit) {
+      return refuse(429, `Too many open connections: limit is ${perIpLimit} per address`, peer, {
+        "retry-after": "5",
+      });
+    }
+    return undefined;
+  };
+
+  /**
+   * Runs a session on a socket upgraded by `Deno.upgradeWebSocket` or by
+   * another transport (node_server.ts). `forceClose`, when the transport
+   * has one, tears the TCP connection down at once: it is used when a
+   * client never completes a close the server started.
+   */
+  const adoptSocket = (socket: WebSocket, peer: string, forceClose?: () => void): void => {
     ctx.metrics.connections++;
     sockets.add(socket);
+    perIp.set(peer, (perIp.get(peer) ?? 0) + 1);
+    let counted = true;
+    const uncount = () => {
+      if (!counted) return;
+      counted = false;
+      sockets.delete(socket);
+      const n = (perIp.get(peer) ?? 1) - 1;
+      if (n <= 0) perIp.delete(peer);
+      else perIp.set(peer, n);
+    };
     let stuck: ReturnType<typeof setTimeout> | undefined;
     socket.addEventListener("close", () => {
       clearTimeout(stuck);
-      sockets.delete(socket);
+      uncount();
     });
     // Deno keeps a server socket CLOSING for as long as the client neither
     // answers the close nor drops TCP (denoland/deno#27924), and offers no way
     // to force it shut. Such a socket stops counting here after a grace
-    // period, so silent clients cannot use up MLES_MAX_CONNECTIONS.
+    // period, so silent clients cannot use up MLES_MAX_CONNECTIONS. A
+    // transport that can (node_server.ts) closes the TCP connection instead.
     const onClosing = () => {
       if (stuck !== undefined) return;
       stuck = setTimeout(() => {
-        if (socket.readyState === WebSocket.CLOSED || !sockets.delete(socket)) return;
+        if (socket.readyState === WebSocket.CLOSED || !counted) return;
+        if (forceClose) return forceClose();
+        uncount();
         ctx.metrics.abandonedSockets++;
         ctx.session.log.warn("client never completed the close; socket no longer counted", {
           peer,
@@ -149,6 +181,20 @@ export function createHttpHandler(ctx: HttpContext): HttpHandler {
       }, CLOSE_GRACE_MS);
     };
     runSession(socket, ctx.session, peer, onClosing);
+  };
+
+  const upgrade = (req: Request, info?: Deno.ServeHandlerInfo): Response => {
+    // Read the peer before upgrading: the request is gone afterwards.
+    const peer = peerOf(info);
+    const refused = admitUpgrade(req, peer);
+    if (refused) return refused;
+    const { socket, response } = Deno.upgradeWebSocket(req, {
+      protocol: SUBPROTOCOL,
+      // Deno pings after idleTimeout/2 of silence and closes after idleTimeout:
+      // this gives the Mles 24 s ping cadence with one keepalive, not two.
+      idleTimeout: ctx.session.config.pingIntervalS * 2,
+    });
+    adoptSocket(socket, peer);
     return response;
   };
 
@@ -188,6 +234,8 @@ export function createHttpHandler(ctx: HttpContext): HttpHandler {
 
   return {
     fetch,
+    admitUpgrade,
+    adoptSocket,
     async closeSockets(waitMs = 1000) {
       closing = true;
       const done = [...sockets].map((s) =>

@@ -37,6 +37,8 @@ export class Metrics {
   storeQueueBytes = 0;
   connections = 0;
   abandonedSockets = 0;
+  /** TCP connections closed at accept (descriptor budget or per-address share; node_server.ts). */
+  refusedSockets = 0;
   readonly rejected = new Map<string, number>();
   readonly dropped = new Map<string, number>();
 
@@ -131,6 +133,11 @@ export class Metrics {
       "mles_abandoned_sockets_total",
       "Sockets whose client never completed a close the server started (no longer counted)",
       this.abandonedSockets,
+    );
+    counter(
+      "mles_refused_sockets_total",
+      "TCP connections closed at accept: descriptor budget or per-address share (deno task start)",
+      this.refusedSockets,
     );
     for (
       const [name, map, help] of [

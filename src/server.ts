@@ -6,7 +6,7 @@
  */
 import type { Bus } from "./bus.ts";
 import type { Config } from "./config.ts";
-import { createHttpHandler } from "./http.ts";
+import { createHttpHandler, type HttpHandler } from "./http.ts";
 import { Hub } from "./hub.ts";
 import { KvBus } from "./kv_bus.ts";
 import { Logger } from "./log.ts";
@@ -45,6 +45,8 @@ export interface Server {
   readonly metrics: Metrics;
   /** Bridges to peer servers, when MLES_PEERS is set. */
   readonly peering: Peering | undefined;
+  /** The HTTP edge, for a transport that upgrades by itself (node_server.ts). */
+  readonly http: HttpHandler;
   /** Peer treatment, duplicate check and resync, when MLES_PEERS or MLES_PEER_KEY is set. */
   readonly peerGate: PeerGate | undefined;
 }
@@ -156,6 +158,7 @@ export async function createServer(config: Config, deps: ServerDeps = {}): Promi
     metrics,
     rateLimitPerMinute: config.rateLimitPerMinute,
     maxConnections: config.maxConnections,
+    maxSocketsPerIp: config.maxConnectionsPerIp,
     metricsToken: config.metricsToken,
     gauges: () => ({
       mles_sockets: { help: "Open WebSockets on this isolate", value: http.socketCount },
@@ -200,6 +203,7 @@ export async function createServer(config: Config, deps: ServerDeps = {}): Promi
     hub,
     metrics,
     peering,
+    http,
     peerGate,
     close() {
       closed ??= (async () => {

@@ -1,0 +1,343 @@
+/**
+ * @module
+ * The self-hosted transport (`deno task start`): `node:http` (or
+ * `node:https`) with `npm:ws` in front of the same {@link HttpHandler} that
+ * `deno serve` and Deno Deploy call. It exists because `Deno.serve` plus
+ * `Deno.upgradeWebSocket` cannot, in Deno 2.9, do what a public server on
+ * its own descriptors needs (README "Limits" has the evidence):
+ *
+ * - bound a message before it is buffered (fastwebsockets' 64 MiB frame
+ *   limit is not configurable there, and fragments are joined unbounded);
+ *   here the first frame is bounded by MLES_MAX_HEADER_BYTES and later ones
+ *   by MLES_MAX_FRAME_BYTES, at the frame header, with close 1009;
+ * - close on protocol errors with the RFC's code (1002, 1007) and refuse
+ *   unmasked client frames;
+ * - give a descriptor back when a client never answers our close (`ws`
+ *   destroys the TCP connection after `closeTimeout`);
+ * - see a TCP connection before its first request: idle connections and
+ *   slow headers are closed within a bound, connections beyond the
+ *   descriptor budget or the per-address share are closed at once, so
+ *   `accept` never meets EMFILE (which ends `Deno.serve`'s accept loop and
+ *   the process with it).
+ *
+ * Imports: node:http, node:https, node:net, npm:ws, http (type), log, metrics.
+ */
+import * as http from "node:http";
+import * as https from "node:https";
+import type { Socket } from "node:net";
+import { type WebSocket as NodeWebSocket, WebSocketServer } from "ws";
+import type { HttpHandler } from "./http.ts";
+import type { Logger } from "./log.ts";
+import type { Metrics } from "./metrics.ts";
+
+/** Options for {@link serveNode}. */
+export interface NodeServeOptions {
+  readonly handler: HttpHandler;
+  readonly metrics: Metrics;
+  readonly log: Logger;
+  readonly port: number;
+  /** Address to listen on (default: every address). */
+  readonly hostname?: string;
+  /** PEM certificate and key: serve https:// and wss://. */
+  readonly tls?: { cert: string; key: string };
+  /** The WebSocket subprotocol to echo. */
+  readonly subprotocol: string;
+  /** Largest first frame (the Mles header), bounded before it is buffered. */
+  readonly maxHeaderBytes: number;
+  /** Largest later frame, bounded before it is buffered. */
+  readonly maxFrameBytes: number;
+  /** TCP connections this process keeps open at once; more are closed at accept. */
+  readonly maxSockets: number;
+  /** TCP connections one address keeps open at once (0 = no per-address bound). */
+  readonly maxSocketsPerIp: number;
+  /** A connection with no HTTP request (or between requests) is closed after this many ms. */
+  readonly idleTimeoutMs: number;
+  /** A request's headers must arrive within this many ms. */
+  readonly headersTimeoutMs: number;
+  /** A client that never answers the server's close is cut off after this many ms. */
+  readonly closeTimeoutMs: number;
+  /** Called once listening. */
+  readonly onListen?: (addr: { hostname: string; port: number }) => void;
+}
+
+/** A running self-hosted server. */
+export interface NodeServer {
+  readonly port: number;
+  /** TCP connections open now (HTTP and WebSocket). */
+  readonly openSockets: number;
+  /** Stops listening and destroys every connection still open. */
+  close(): Promise<void>;
+}
+
+/**
+ * The soft and hard RLIMIT_NOFILE of this process, after raising the soft
+ * limit to the hard one where the OS allows it (Deno already does that at
+ * start; this makes it explicit and reads the result). Uses libc's
+ * getrlimit/setrlimit through FFI (`--allow-ffi`; Deno answers reads of
+ * /proc/self/limits only with --allow-all). Undefined where neither is
+ * available (no permission, Windows).
+ */
+export function descriptorLimit(): { soft: number; hard: number } | undefined {
+  const lib = Deno.build.os === "linux"
+    ? "libc.so.6"
+    : Deno.build.os === "darwin"
+    ? "libSystem.dylib"
+    : undefined;
+  const resource = Deno.build.os === "linux" ? 7 : 8; // RLIMIT_NOFILE
+  if (!lib) return undefined;
+  let dl;
+  try {
+    dl = Deno.dlopen(lib, {
+      getrlimit: { parameters: ["i32", "buffer"], result: "i32" },
+      setrlimit: { parameters: ["i32", "buffer"], result: "i32" },
+    });
+  } catch {
+    return undefined;
+  }
+  try {
+    const r = new BigUint64Array(2); // struct rlimit { rlim_t cur, max }
+    if (dl.symbols.getrlimit(resource, r) !== 0) return undefined;
+    if (r[0] < r[1]) {
+      const want = new BigUint64Array([r[1], r[1]]);
+      // macOS refuses more than OPEN_MAX for an unlimited hard limit: keep what we have then.
+      if (dl.symbols.setrlimit(resource, want) === 0) dl.symbols.getrlimit(resource, r);
+    }
+    const n = (v: bigint) =>
+      v > BigInt(Number.MAX_SAFE_INTEGER) ? Number.MAX_SAFE_INTEGER : Number(v);
+    return { soft: n(r[0]), hard: n(r[1]) };
+  } finally {
+    dl.close();
+  }
+}
+
+/**
+ * Descriptors kept back from client connections for KV (SQLite file, WAL,
+ * shared memory), static files, peering links, logs and the runtime.
+ */
+export function descriptorReserve(limit: number): number {
+  return Math.min(1024, Math.max(48, Math.floor(limit / 10)));
+}
+
+/** The client's address as `Deno.serve` spells it (IPv4 without the `::ffff:` of a dual-stack socket). */
+function addressOf(socket: Socket): string {
+  const a = socket.remoteAddress ?? "unknown";
+  return a.startsWith("::ffff:") && a.includes(".") ? a.slice(7) : a;
+}
+
+const STATUS_TEXT: Record<number, string> = {
+  400: "Bad Request",
+  429: "Too Many Requests",
+  503: "Service Unavailable",
+};
+
+/** Answers an upgrade we refuse on the raw socket (there is no ServerResponse for it). */
+async function refuseUpgrade(socket: Socket, res: Response): Promise<void> {
+  const body = new Uint8Array(await res.arrayBuffer());
+  let head = `HTTP/1.1 ${res.status} ${STATUS_TEXT[res.status] ?? "Error"}\r\n`;
+  res.headers.forEach((v, k) => head += `${k}: ${v}\r\n`);
+  head += `content-length: ${body.byteLength}\r\nconnection: close\r\n\r\n`;
+  socket.end(Buffer.concat([Buffer.from(head, "latin1"), body]));
+}
+
+function toRequest(req: http.IncomingMessage, scheme: string): Request {
+  const headers = new Headers();
+  for (let i = 0; i < req.rawHeaders.length; i += 2) {
+    try {
+      headers.append(req.rawHeaders[i], req.rawHeaders[i + 1]);
+    } catch { /* a header Headers refuses: leave it out */ }
+  }
+  const host = req.headers.host ?? "localhost";
+  let url: string;
+  try {
+    url = new URL(req.url ?? "/", `${scheme}://${host}`).href;
+  } catch {
+    url = `${scheme}://localhost/`;
+  }
+  return new Request(url, { method: req.method === "HEAD" ? "HEAD" : "GET", headers });
+}
+
+async function writeResponse(res: Response, out: http.ServerResponse, head: boolean) {
+  const headers: Record<string, string | string[]> = {};
+  res.headers.forEach((v, k) => {
+    if (k === "set-cookie") headers[k] = res.headers.getSetCookie();
+    else headers[k] = v;
+  });
+  out.writeHead(res.status, headers);
+  if (head || !res.body) {
+    await res.body?.cancel();
+    out.end();
+    return;
+  }
+  const reader = res.body.getReader();
+  try {
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      if (out.destroyed) break;
+      if (!out.write(value)) {
+        await new Promise<void>((resolve) => {
+          out.once("drain", resolve);
+          out.once("close", resolve);
+        });
+      }
+    }
+  } finally {
+    reader.cancel().catch(() => {});
+    out.end();
+  }
+}
+
+/**
+ * Serves `handler` with node:http and npm:ws. Resolves once listening.
+ * @throws when the port cannot be bound.
+ */
+export async function serveNode(o: NodeServeOptions): Promise<NodeServer> {
+  const scheme = o.tls ? "https" : "http";
+  const server = o.tls
+    ? https.createServer({ cert: o.tls.cert, key: o.tls.key })
+    : http.createServer();
+  // Slow headers and idle connections: headersTimeout bounds the time to a
+  // whole request head, the socket timeout any silence (ws turns it off on
+  // upgrade; the Mles ping keeps a WebSocket in check from then on).
+  server.headersTimeout = o.headersTimeoutMs;
+  server.requestTimeout = Math.max(o.headersTimeoutMs, 30_000);
+  server.keepAliveTimeout = Math.min(5_000, o.idleTimeoutMs);
+  server.setTimeout(o.idleTimeoutMs, (socket: Socket) => socket.destroy());
+
+  const wss = new WebSocketServer({
+    noServer: true,
+    maxPayload: o.maxFrameBytes,
+    closeTimeout: o.closeTimeoutMs,
+    perMessageDeflate: false,
+    handleProtocols: (protocols: Set<string>) =>
+      protocols.has(o.subprotocol) ? o.subprotocol : false,
+  });
+
+  const sockets = new Set<Socket>();
+  const perIp = new Map<string, number>();
+  /** A refusal burst: logged when it starts and summed up once a second passes without one. */
+  let burst:
+    | {
+      since: number;
+      count: number;
+      seen: number;
+      reason: string;
+      timer: ReturnType<typeof setTimeout>;
+    }
+    | undefined;
+  const endBurst = () => {
+    if (!burst) return;
+    if (burst.count !== burst.seen) {
+      burst.seen = burst.count;
+      burst.timer = setTimeout(endBurst, 1000);
+      return;
+    }
+    o.log.warn("stopped refusing connections", {
+      reason: burst.reason,
+      refused: burst.count,
+      ms: Date.now() - burst.since,
+      open: sockets.size,
+    });
+    burst = undefined;
+  };
+  const refused = (reason: string, peer: string) => {
+    o.metrics.refusedSockets++;
+    if (burst) {
+      burst.count++;
+      return;
+    }
+    o.log.warn("refusing connections", { reason, peer, open: sockets.size, limit: o.maxSockets });
+    burst = {
+      since: Date.now(),
+      count: 1,
+      seen: 1,
+      reason,
+      timer: setTimeout(endBurst, 1000),
+    };
+  };
+
+  server.on("connection", (socket: Socket) => {
+    const peer = addressOf(socket);
+    if (sockets.size >= o.maxSockets) {
+      socket.destroy();
+      return refused("descriptor budget", peer);
+    }
+    const n = perIp.get(peer) ?? 0;
+    if (o.maxSocketsPerIp > 0 && n >= o.maxSocketsPerIp) {
+      socket.destroy();
+      return refused("per-address share", peer);
+    }
+    sockets.add(socket);
+    perIp.set(peer, n + 1);
+    socket.once("close", () => {
+      sockets.delete(socket);
+      const left = (perIp.get(peer) ?? 1) - 1;
+      if (left <= 0) perIp.delete(peer);
+      else perIp.set(peer, left);
+    });
+  });
+  // An error on the listening socket (EMFILE at accept among others) must
+  // never end the process: count it, log it once per burst, keep serving.
+  server.on("error", (err: Error) => refused(`listen error: ${err.message}`, "-"));
+  server.on("clientError", (_err: Error, socket: Socket) => socket.destroy());
+
+  server.on("request", (req: http.IncomingMessage, res: http.ServerResponse) => {
+    const peer = addressOf(req.socket);
+    const request = toRequest(req, scheme);
+    const info = {
+      remoteAddr: { transport: "tcp", hostname: peer, port: req.socket.remotePort ?? 0 },
+    } as unknown as Deno.ServeHandlerInfo;
+    Promise.resolve(o.handler.fetch(request, info))
+      .then((r) => writeResponse(r, res, req.method === "HEAD"))
+      .catch((err) => {
+        o.log.error("request failed", { peer, error: err });
+        if (!res.headersSent) res.writeHead(500).end();
+        else res.destroy();
+      });
+  });
+
+  server.on("upgrade", (req: http.IncomingMessage, socket: Socket, head: Buffer) => {
+    const peer = addressOf(socket);
+    socket.on("error", () => socket.destroy());
+    if (req.headers.upgrade?.toLowerCase() !== "websocket") return void socket.destroy();
+    const refusal = o.handler.admitUpgrade(toRequest(req, scheme), peer);
+    if (refusal) return void refuseUpgrade(socket, refusal).catch(() => socket.destroy());
+    wss.handleUpgrade(req, socket, head, (ws: NodeWebSocket) => {
+      // The first frame is the header: bound it before it is buffered, then
+      // let later frames up to the frame limit through.
+      const receiver = (ws as unknown as { _receiver?: { _maxPayload: number } })._receiver;
+      if (receiver) {
+        receiver._maxPayload = o.maxHeaderBytes + 1;
+        ws.once("message", () => receiver._maxPayload = o.maxFrameBytes);
+      }
+      ws.binaryType = "arraybuffer";
+      // `ws` is a WebSocket as far as the session is concerned: the same
+      // readyState numbers, on* handlers and events with `data`/`code`/`reason`,
+      // send(string | bytes), close(code, reason) and bufferedAmount.
+      o.handler.adoptSocket(ws as unknown as WebSocket, peer, () => ws.terminate());
+    });
+  });
+
+  const { promise, resolve, reject } = Promise.withResolvers<void>();
+  server.once("error", reject);
+  server.listen({ port: o.port, host: o.hostname }, () => resolve());
+  await promise;
+  server.off("error", reject);
+  const addr = server.address() as { address: string; port: number };
+  o.onListen?.({ hostname: addr.address, port: addr.port });
+
+  return {
+    port: addr.port,
+    get openSockets() {
+      return sockets.size;
+    },
+    async close() {
+      if (burst) clearTimeout(burst.timer);
+      burst = undefined;
+      const closed = new Promise<void>((r) => server.close(() => r()));
+      wss.close();
+      for (const s of sockets) s.destroy();
+      await closed;
+    },
+  };
+}
