@@ -115,8 +115,17 @@ export function descriptorLimit(): { soft: number; hard: number } | undefined {
  * shared memory), static files, peering links, logs and the runtime.
  */
 export function descriptorReserve(limit: number): number {
-  return Math.min(1024, Math.max(48, Math.floor(limit / 10)));
+  // Deno's accept loop takes every connection the kernel has queued (up to
+  // the listen backlog) before the first is seen here, and a refused one
+  // gives its descriptor back a turn later: two backlogs must fit in the
+  // reserve, or accept meets EMFILE, and after EMFILE Deno 2.9's listener
+  // (libs/core/uv_compat/tcp.rs, `while let Poll::Ready(Ok(..))`) drops the
+  // error and is never polled again.
+  return Math.max(2 * LISTEN_BACKLOG + 48, Math.min(1024, Math.floor(limit / 10)));
 }
+
+/** Connections the kernel queues for accept. */
+export const LISTEN_BACKLOG = 128;
 
 /** The client's address as `Deno.serve` spells it (IPv4 without the `::ffff:` of a dual-stack socket). */
 function addressOf(socket: Socket): string {
@@ -194,15 +203,14 @@ async function writeResponse(res: Response, out: http.ServerResponse, head: bool
 export async function serveNode(o: NodeServeOptions): Promise<NodeServer> {
   const scheme = o.tls ? "https" : "http";
   const server = o.tls
-    ? https.createServer({ cert: o.tls.cert, key: o.tls.key })
-    : http.createServer();
+    ? https.createServer({ cert: o.tls.cert, key: o.tls.key, connectionsCheckingInterval: 1000 })
+    : http.createServer({ connectionsCheckingInterval: 1000 });
   // Slow headers and idle connections: headersTimeout bounds the time to a
   // whole request head, the socket timeout any silence (ws turns it off on
   // upgrade; the Mles ping keeps a WebSocket in check from then on).
   server.headersTimeout = o.headersTimeoutMs;
   server.requestTimeout = Math.max(o.headersTimeoutMs, 30_000);
   server.keepAliveTimeout = Math.min(5_000, o.idleTimeoutMs);
-  server.setTimeout(o.idleTimeoutMs, (socket: Socket) => socket.destroy());
 
   const wss = new WebSocketServer({
     noServer: true,
@@ -269,6 +277,10 @@ export async function serveNode(o: NodeServeOptions): Promise<NodeServer> {
     }
     sockets.add(socket);
     perIp.set(peer, n + 1);
+    // Silence before a request (or between requests) ends the connection;
+    // ws turns this off on upgrade, where the Mles ping takes over.
+    socket.setTimeout(o.idleTimeoutMs);
+    socket.on("timeout", () => socket.destroy());
     socket.once("close", () => {
       sockets.delete(socket);
       const left = (perIp.get(peer) ?? 1) - 1;
@@ -320,7 +332,7 @@ export async function serveNode(o: NodeServeOptions): Promise<NodeServer> {
 
   const { promise, resolve, reject } = Promise.withResolvers<void>();
   server.once("error", reject);
-  server.listen({ port: o.port, host: o.hostname }, () => resolve());
+  server.listen({ port: o.port, host: o.hostname, backlog: LISTEN_BACKLOG }, () => resolve());
   await promise;
   server.off("error", reject);
   const addr = server.address() as { address: string; port: number };
