@@ -19,6 +19,8 @@ export interface StaticHandlerOptions {
   readonly root: string | URL;
   /** Bytes of compressed bodies kept in memory (default 8 MiB; 0 disables the cache). */
   readonly cacheBytes?: number;
+  /** Called each time a body is compressed (metrics, tests). */
+  readonly onCompress?: (path: string, encoding: string, bytes: number) => void;
 }
 
 /** The handler: a Response for a file it serves, undefined for anything else. */
@@ -137,8 +139,13 @@ class ByteLru {
     return v;
   }
 
+  /** True when a value of `bytes` would be kept (one big file must not flush the rest). */
+  fits(bytes: number): boolean {
+    return bytes <= this.#max / 4;
+  }
+
   set(key: string, value: Uint8Array): void {
-    if (value.byteLength > this.#max / 4) return; // one big file must not flush the rest
+    if (!this.fits(value.byteLength)) return;
     const old = this.#map.get(key);
     if (old) {
       this.#bytes -= old.byteLength;
@@ -231,7 +238,11 @@ async function sha256Hex(data: Uint8Array): Promise<string> {
  *   `Accept-Encoding` allows (highest q, brotli on a tie, `q=0` refuses),
  *   with `Content-Encoding` and `Vary: Accept-Encoding`; compressed bytes
  *   are kept in an LRU bounded by `cacheBytes`, keyed by path, ETag and
- *   encoding, so a changed file is never served stale.
+ *   encoding, so a changed file is never served stale. Each version of a
+ *   file is compressed at most once per encoding (concurrent requests wait
+ *   for the same compression); when the result is bigger than a quarter of
+ *   `cacheBytes` it is not kept and that version is served uncompressed
+ *   from then on, never recompressed per request.
  * - HEAD answers the same headers as GET, without a body.
  * - Only reads the file system (`realPath`, `stat`, `open`/`readFile`).
  *
@@ -240,6 +251,42 @@ async function sha256Hex(data: Uint8Array): Promise<string> {
  */
 export function createStaticHandler(options: StaticHandlerOptions): StaticHandler {
   const cache = new ByteLru(options.cacheBytes ?? 8 << 20);
+  /** Compressions under way, shared by the requests that wait for them. */
+  const packing = new Map<string, Promise<Uint8Array | undefined>>();
+  /** Versions whose compressed form is too big to cache: served as they are (bounded). */
+  const identityOnly = new Set<string>();
+  /**
+   * The compressed bytes for `key`, compressing at most once per file
+   * version and encoding: from the cache, from a compression already under
+   * way, or compressed now. Undefined when the result is too big to keep:
+   * that version is then sent uncompressed, never recompressed per request.
+   */
+  const packed = (key: string, read: () => Promise<Uint8Array>, encoding: Encoding) => {
+    if (identityOnly.has(key)) return Promise.resolve(undefined);
+    const hit = cache.get(key);
+    if (hit) return Promise.resolve(hit);
+    let p = packing.get(key);
+    if (!p) {
+      p = (async () => {
+        try {
+          const body = await read();
+          const out = compress(body, encoding);
+          options.onCompress?.(key.slice(0, key.indexOf("\0")), encoding, body.byteLength);
+          if (cache.fits(out.byteLength)) {
+            cache.set(key, out);
+            return out;
+          }
+          if (identityOnly.size >= 4096) identityOnly.clear();
+          identityOnly.add(key);
+          return undefined;
+        } finally {
+          packing.delete(key);
+        }
+      })();
+      packing.set(key, p);
+    }
+    return p;
+  };
   let realRoot: string | undefined;
 
   /** The real path of the root, retried on each request until it exists. */
@@ -335,16 +382,13 @@ export function createStaticHandler(options: StaticHandlerOptions): StaticHandle
       }
 
       const encoding = canCompress ? negotiate(req.headers.get("accept-encoding")) : undefined;
-      if (encoding) {
-        const key = `${real}\0${etag}\0${encoding}`;
-        let packed = cache.get(key);
-        if (!packed) {
-          packed = compress(await read(), encoding);
-          cache.set(key, packed);
-        }
+      const bytes = encoding
+        ? await packed(`${real}\0${etag}\0${encoding}`, read, encoding)
+        : undefined;
+      if (encoding && bytes) {
         headers.set("content-encoding", encoding);
-        headers.set("content-length", String(packed.byteLength));
-        return new Response(req.method === "HEAD" ? null : packed as BodyInit, { headers });
+        headers.set("content-length", String(bytes.byteLength));
+        return new Response(req.method === "HEAD" ? null : bytes as BodyInit, { headers });
       }
 
       if (req.method === "HEAD") {

@@ -434,3 +434,75 @@ Deno.test("static: the built-in web/ folder serves the chat page and its modules
     await res.body?.cancel();
   }
 });
+
+/** About 3.4 MB of text that compresses but not to nothing (like a bundled app). */
+function bigText(): string {
+  const words = ["mles", "channel", "frame", "history", "deno", "kv", "socket", "header"];
+  let seed = 7;
+  const out: string[] = [];
+  for (let n = 0; n < 3_400_000;) {
+    seed = (seed * 1103515245 + 12345) & 0x7fffffff;
+    const w = words[seed % words.length] + (seed % 1000);
+    out.push(w);
+    n += w.length + 1;
+  }
+  return out.join(" ");
+}
+
+Deno.test("row 12: a 3.4 MB file asked for 30 times with br is compressed once and served from the cache", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "mles_static_big_" });
+  try {
+    const text = bigText();
+    await Deno.writeTextFile(`${dir}/app.js`, text);
+    const compressions: number[] = [];
+    const serve = createStaticHandler({
+      root: dir,
+      onCompress: (_p, _e, n) => compressions.push(n),
+    });
+    const ask = () =>
+      serve(new Request("http://localhost/app.js", { headers: { "accept-encoding": "br" } }));
+    // Ten at once (they share one compression), then twenty one after another.
+    const first = await Promise.all(Array.from({ length: 10 }, ask));
+    const t0 = performance.now();
+    for (let i = 0; i < 20; i++) first.push(await ask());
+    const perRequest = (performance.now() - t0) / 20;
+    assert.equal(compressions.length, 1, `compressed ${compressions.length} times`);
+    for (const res of first) {
+      const r = some(res, "app.js");
+      assert.equal(r.headers.get("content-encoding"), "br");
+      assert.ok(Number(r.headers.get("content-length")) < text.length / 2);
+    }
+    assert.equal(decoder.decode(brotliDecompressSync(await bytes(first[29]!))), text);
+    console.log(`${perRequest.toFixed(2)} ms per cached request`);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("row 12: a file whose compressed form is over the cache share is served uncompressed, compressed only once", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "mles_static_big_" });
+  try {
+    const text = bigText();
+    await Deno.writeTextFile(`${dir}/app.js`, text);
+    let compressions = 0;
+    const serve = createStaticHandler({
+      root: dir,
+      cacheBytes: 4096,
+      onCompress: () => compressions++,
+    });
+    for (let i = 0; i < 10; i++) {
+      const r = some(
+        await serve(
+          new Request("http://localhost/app.js", { headers: { "accept-encoding": "br, gzip" } }),
+        ),
+        "app.js",
+      );
+      assert.equal(r.headers.get("content-encoding"), null);
+      assert.equal(Number(r.headers.get("content-length")), encoder.encode(text).length);
+      await r.body?.cancel();
+    }
+    assert.equal(compressions, 1);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
