@@ -53,8 +53,21 @@ export const CLOSE = {
     code: 1008,
     reason: `Too many bytes: limit is ${limit} per second`,
   }),
+  tooManyJoins: (limit: number): Close => ({
+    code: 1008,
+    reason: `Cannot join: limit is ${limit} joins per minute per address`,
+  }),
+  tooManyChannels: (limit: number): Close => ({
+    code: 1008,
+    reason: `Cannot join: limit is ${limit} different channels per hour per address`,
+  }),
   sendFailed: { code: 1011, reason: "Send failed" },
   storeFailed: { code: 1011, reason: "Cannot store frame: history store unavailable" },
+  /** Most of the channel's members have a growing backlog of this publisher's frames (a flood). */
+  publisherTooFast: {
+    code: 1013,
+    reason: "Too fast: the channel's members cannot keep up, slow down",
+  },
   /** The store queue is full or this publisher has its share of it waiting (bus.publish refused). */
   storeBusy: { code: 1013, reason: "Server busy: too many frames waiting to be stored, slow down" },
   shuttingDown: { code: 1001, reason: "Server is shutting down" },

@@ -67,6 +67,8 @@ interface Slot {
   readonly member: Member;
   /** Live deliveries held back while this member's history is being read; null once live. */
   buffer: Delivery[] | null;
+  /** Bytes in `buffer`: they count toward the member's bound like bytes waiting to be sent. */
+  held: number;
   /**
    * The newest stored position this member has been sent (or that its
    * history covered): a frame at or before it is never sent to it again.
@@ -148,7 +150,15 @@ export class Hub {
       ch.ready.catch(() => {}); // observed below by every joiner
     }
     const bridge = options.bridge ?? false;
-    const slot: Slot = { member, buffer: [], left: false, live: false, bridge, after: "" };
+    const slot: Slot = {
+      member,
+      buffer: [],
+      held: 0,
+      left: false,
+      live: false,
+      bridge,
+      after: "",
+    };
     ch.slots.set(member, slot);
     this.#members++;
     if (!bridge && ch.clients++ === 0) this.#opts.onChannelActive?.(channel, true);
@@ -160,13 +170,20 @@ export class Hub {
       const replay = this.#boundBytes(history.deliveries);
       if (options.onHistory) options.onHistory(replay.map((d) => d.frame));
       else {
+        // At the pace the newcomer reads: a big history never piles up in
+        // its send buffer (nor makes the channel unjoinable).
+        const high = this.#replayHighWater();
         for (const d of replay) {
           if (!this.#deliver(ch, slot, d.frame)) return undefined;
+          if (slot.member.bufferedAmount > high && !await this.#drained(ch, slot, high / 4)) {
+            return undefined;
+          }
         }
       }
       slot.after = history.lastPos;
       const buffered = slot.buffer!;
       slot.buffer = null;
+      slot.held = 0;
       if (buffered.length > 0) {
         const seen = new Set(history.deliveries.map((d) => d.id));
         for (const d of buffered) {
@@ -238,14 +255,73 @@ export class Hub {
     for (const d of deliveries) this.#fanout(ch, d, undefined);
   }
 
+  /**
+   * Sends `d` to every member but its sender. Who pays when a member passes
+   * its bound: if most of the recipients (at least 2) have more than 3/4 of
+   * their bound waiting, the channel is being flooded and the local
+   * publisher is closed (1013 `Too fast`), not its subscribers; otherwise
+   * each member over its bound is a slow reader and is dropped (1013 `Too slow`).
+   */
   #fanout(ch: Channel, d: Delivery, sender: Member | undefined): void {
+    const max = this.#opts.maxBufferedBytes;
     let sent = 0;
+    let recipients = 0;
+    let backlogged = 0;
+    let over: Slot[] | undefined;
     for (const slot of ch.slots.values()) {
       if (slot.member === sender) continue;
-      if (slot.buffer) slot.buffer.push(d);
-      else if (this.#deliverLive(ch, slot, d)) sent++;
+      recipients++;
+      if (slot.buffer) {
+        slot.buffer.push(d);
+        slot.held += approxBytes(d.frame);
+        const waiting = slot.held + slot.member.bufferedAmount;
+        if (waiting > max) (over ??= []).push(slot);
+        continue;
+      }
+      if (!this.#deliverLive(ch, slot, d, false)) continue;
+      sent++;
+      const waiting = slot.member.bufferedAmount;
+      if (waiting > max * 0.75) backlogged++;
+      if (waiting > max) (over ??= []).push(slot);
     }
     if (sent > 0) this.#opts.onSent?.(sent);
+    if (!over) return;
+    if (sender && recipients >= 2 && backlogged * 2 > recipients) {
+      const slot = ch.slots.get(sender);
+      if (slot) this.#drop(ch, slot, CLOSE.publisherTooFast);
+      return;
+    }
+    for (const slot of over ?? []) {
+      this.#drop(ch, slot, CLOSE.slowConsumer(slot.held + slot.member.bufferedAmount));
+    }
+  }
+
+  /** Replay pauses once this much waits to be sent to the newcomer. */
+  #replayHighWater(): number {
+    return Math.min(1024 * 1024, this.#opts.maxBufferedBytes / 2);
+  }
+
+  /**
+   * Waits until the member has at most `low` bytes waiting to be sent. False
+   * (and the member dropped as slow) if it makes no progress for 30 s, or
+   * false if it left meanwhile.
+   */
+  async #drained(ch: Channel, slot: Slot, low: number): Promise<boolean> {
+    let last = slot.member.bufferedAmount;
+    let since = Date.now();
+    while (!slot.left) {
+      const now = slot.member.bufferedAmount;
+      if (now <= low) return true;
+      if (now < last) {
+        last = now;
+        since = Date.now();
+      } else if (Date.now() - since > REPLAY_STALL_MS) {
+        this.#drop(ch, slot, CLOSE.slowConsumer(now));
+        return false;
+      }
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    return false;
   }
 
   /**
@@ -253,22 +329,26 @@ export class Hub {
    * or before the member's position came with its history (or earlier).
    * False if not sent (already had it, or the member was dropped).
    */
-  #deliverLive(ch: Channel, slot: Slot, d: Delivery): boolean {
+  #deliverLive(ch: Channel, slot: Slot, d: Delivery, checkBound = true): boolean {
     if (d.pos !== undefined) {
       if (d.pos <= slot.after) return false;
       slot.after = d.pos;
     }
-    return this.#deliver(ch, slot, d.frame);
+    return this.#deliver(ch, slot, d.frame, checkBound);
   }
 
-  /** Sends to one member; on failure or overflow drops that member only. False if dropped. */
-  #deliver(ch: Channel, slot: Slot, frame: Frame): boolean {
+  /**
+   * Sends to one member; on failure (or, with `checkBound`, overflow) drops
+   * that member only. False if dropped.
+   */
+  #deliver(ch: Channel, slot: Slot, frame: Frame, checkBound = true): boolean {
     try {
       slot.member.send(frame);
     } catch {
       this.#drop(ch, slot, CLOSE.sendFailed);
       return false;
     }
+    if (!checkBound) return true;
     const waiting = slot.member.bufferedAmount;
     if (waiting > this.#opts.maxBufferedBytes) {
       this.#drop(ch, slot, CLOSE.slowConsumer(waiting));
@@ -296,6 +376,14 @@ export class Hub {
       this.#bus.unsubscribe(ch.name);
     }
   }
+}
+
+/** A newcomer whose history does not drain for this long is dropped as slow. */
+const REPLAY_STALL_MS = 30_000;
+
+/** Bytes of a frame for buffer accounting (text: UTF-16 units, at most 3x under UTF-8). */
+function approxBytes(f: Frame): number {
+  return f.kind === "binary" ? f.data.byteLength : f.data.length;
 }
 
 function errorText(err: unknown): string {

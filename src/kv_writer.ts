@@ -77,6 +77,8 @@ export class KvWriter {
   /** Frames of the commit in flight: never dropped from their queue before it settles. */
   readonly #inflight = new Set<QueuedFrame>();
   readonly #bySource = new Map<object, number>();
+  /** Channel name -> KV key part, for channels written recently (at most 10,000). */
+  readonly #keys = new Map<string, string>();
   #bytes = 0;
   #rotation = 0;
   #running: Promise<void> | undefined;
@@ -115,14 +117,18 @@ export class KvWriter {
     if (mine > 0 && mine + q.bytes > this.#o.sourceBytes) return false;
     let ch = this.#channels.get(channel);
     if (!ch) {
+      const known = this.#keys.get(channel);
       const c: WriterChannel = {
         name: channel,
-        ck: "",
-        shard: 0,
+        ck: known ?? "",
+        shard: known ? shardOf(known) : 0,
         queue: [],
-        keyReady: channelKey(channel).then((k) => {
+        keyReady: known ? Promise.resolve() : channelKey(channel).then((k) => {
           c.ck = k;
           c.shard = shardOf(k);
+          // A bounded cache: a channel written again needs no new digest.
+          if (this.#keys.size >= 10_000) this.#keys.clear();
+          this.#keys.set(channel, k);
         }),
       };
       this.#channels.set(channel, ch = c);

@@ -30,6 +30,8 @@ export interface SessionContext {
   readonly onFrame?: (bytes: number) => void;
   /** Peer treatment for other servers' bridges (present when peering is configured). */
   readonly peers?: PeerGate;
+  /** Per-address join budgets: the close for a join from `ip` over one, else undefined. */
+  readonly admitJoin?: (ip: string, channel: string) => Close | undefined;
 }
 
 /**
@@ -113,7 +115,12 @@ export function runSession(
     get bufferedAmount() {
       return socket.bufferedAmount + (link?.queuedBytes ?? 0);
     },
-    close: (close) => closeSocket(close),
+    // The hub dropped this member (slow, failed send, flood, store busy): it
+    // is gone at once, identity freed, whether or not its TCP ever closes.
+    close: (close) => {
+      closeSocket(close);
+      end();
+    },
   };
 
   // Closing a TCP socket that still has unread input makes the kernel send a
@@ -160,6 +167,8 @@ export function runSession(
       );
     }
     if (h.uid.startsWith(PEER_UID_PREFIX) && ctx.peers?.proves(h)) link = ctx.peers.link(h.channel);
+    const limited = link ? undefined : ctx.admitJoin?.(peer, h.channel);
+    if (limited) return reject(limited, h.uid, h.channel);
     // Frames sent while the identity is being claimed are held like those sent while joining.
     state = "joining";
     const id = sessionIdentity(h.uid, h.channel, h.auth);

@@ -174,3 +174,65 @@ Deno.test("join: a stored frame within the newcomer's history never comes again 
   bus.handler.onFrames("c", [d("r.6", "six", 6), d("r.7", "seven", 7)]);
   assert.deepEqual(m.got, ["four", "five", "six", "seven"]);
 });
+
+/** A member whose send buffer grows by what it is sent and drains only when told. */
+class Backlog extends Recorder {
+  override send(f: Frame) {
+    super.send(f);
+    this.bufferedAmount += (f.data as string).length;
+  }
+}
+
+Deno.test("fan-out: a flood that backlogs most members closes the publisher, not its subscribers", async () => {
+  const bus = new ScriptedBus();
+  const hub = new Hub(bus, { maxBufferedBytes: 1000 });
+  const pub = new Recorder();
+  const pp = await joinEmpty(hub, bus, pub, "hdr-p");
+  const subs = [new Backlog(), new Backlog(), new Backlog()];
+  for (const [i, m] of subs.entries()) await joinEmpty(hub, bus, m, `hdr-${i}`);
+  for (let i = 0; i < 20 && !pub.closed; i++) pp.publish(t("x".repeat(100)));
+  assert.equal(pub.closed?.code, 1013);
+  assert.match(pub.closed!.reason, /^Too fast/);
+  for (const m of subs) assert.equal(m.closed, undefined, "subscribers stay");
+  assert.equal(hub.memberCount, 3);
+});
+
+Deno.test("fan-out: one member that does not read is dropped as slow while the others keep up", async () => {
+  const bus = new ScriptedBus();
+  const hub = new Hub(bus, { maxBufferedBytes: 1000 });
+  const pub = new Recorder();
+  const pp = await joinEmpty(hub, bus, pub, "hdr-p");
+  const stuck = new Backlog();
+  const ok1 = new Backlog();
+  const ok2 = new Backlog();
+  for (const [i, m] of [stuck, ok1, ok2].entries()) await joinEmpty(hub, bus, m, `hdr-${i}`);
+  for (let i = 0; i < 20; i++) {
+    pp.publish(t("x".repeat(100)));
+    ok1.bufferedAmount = ok2.bufferedAmount = 0; // they read
+  }
+  assert.equal(stuck.closed?.code, 1013);
+  assert.match(stuck.closed!.reason, /^Too slow/);
+  assert.equal(pub.closed, undefined);
+  assert.equal(ok1.got.length, 20);
+});
+
+Deno.test("join: history is sent at the pace the newcomer reads, and live frames wait behind it", async () => {
+  const bus = new ScriptedBus();
+  const hub = new Hub(bus, { maxBufferedBytes: 4096 }); // replay pauses past 2,048 bytes waiting
+  const m = new Backlog();
+  const joining = hub.join(m, "c", { header: t("hdr") });
+  await tick();
+  const big = Array.from({ length: 10 }, (_, i) => d(`h.${i}`, String(i).repeat(1000), i + 1));
+  bus.pendingHistory[0].resolve({ deliveries: big, lastPos: p(10) });
+  await tick();
+  await tick();
+  assert.ok(m.got.length < 10, `paused after ${m.got.length}`);
+  bus.handler.onFrames("c", [d("r.11", "live", 11)]);
+  while (m.got.length < 10) {
+    m.bufferedAmount = 0; // the newcomer reads
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  await joining;
+  assert.deepEqual(m.got.map((s) => s[0]), [..."0123456789", "l"]);
+  assert.equal(m.closed, undefined);
+});
