@@ -6,7 +6,7 @@
  * `/healthz`, `/metrics` and static files. Imports: session, config (type),
  * close, metrics, log.
  */
-import { CLOSE } from "./close.ts";
+import { CLOSE, type Close } from "./close.ts";
 import { closeQuietly, runSession, type SessionContext } from "./session.ts";
 import type { Metrics } from "./metrics.ts";
 
@@ -43,6 +43,79 @@ class ConnectionRate {
   }
 }
 
+/** A short hash of a channel name (names may be 4 KiB; a collision only makes a limit laxer). */
+function channelHash(channel: string): number {
+  let h1 = 0xdeadbeef, h2 = 0x41c6ce57;
+  for (let i = 0; i < channel.length; i++) {
+    const c = channel.charCodeAt(i);
+    h1 = Math.imul(h1 ^ c, 2654435761);
+    h2 = Math.imul(h2 ^ c, 1597334677);
+  }
+  h1 = Math.imul(h1 ^ (h1 >>> 16), 2246822507) ^ Math.imul(h2 ^ (h2 >>> 13), 3266489909);
+  h2 = Math.imul(h2 ^ (h2 >>> 16), 2246822507) ^ Math.imul(h1 ^ (h1 >>> 13), 3266489909);
+  return 4294967296 * (2097151 & h2) + (h1 >>> 0);
+}
+
+/**
+ * Per-address budgets for joins (a token bucket of `joinsPerMinute`,
+ * refilled evenly) and for different channels joined per hour (each one
+ * can leave rows in KV for MLES_CHANNEL_TTL_DAYS). State for an address is
+ * dropped once its bucket is full again and its hour is over, so memory
+ * follows the addresses active in the last hour.
+ */
+class JoinRate {
+  readonly #joins: number;
+  readonly #channels: number;
+  readonly #byIp = new Map<
+    string,
+    { tokens: number; at: number; hour: number; channels: Set<number> }
+  >();
+  #sweptAt = performance.now();
+
+  constructor(joinsPerMinute: number, channelsPerHour: number) {
+    this.#joins = joinsPerMinute;
+    this.#channels = channelsPerHour;
+  }
+
+  /** Counts a join of `channel` from `ip`; the close to send when it is over a budget. */
+  admit(ip: string, channel: string): Close | undefined {
+    const now = performance.now();
+    if (now - this.#sweptAt > 60_000) this.#sweep(now);
+    let st = this.#byIp.get(ip);
+    if (!st) {
+      st = { tokens: this.#joins, at: now, hour: now, channels: new Set() };
+      this.#byIp.set(ip, st);
+    }
+    if (this.#joins > 0) {
+      st.tokens = Math.min(this.#joins, st.tokens + (now - st.at) * this.#joins / 60_000);
+      st.at = now;
+      if (st.tokens < 1) return CLOSE.tooManyJoins(this.#joins);
+      st.tokens -= 1;
+    }
+    if (this.#channels > 0) {
+      if (now - st.hour >= 3_600_000) {
+        st.hour = now;
+        st.channels.clear();
+      }
+      const h = channelHash(channel);
+      if (!st.channels.has(h)) {
+        if (st.channels.size >= this.#channels) return CLOSE.tooManyChannels(this.#channels);
+        st.channels.add(h);
+      }
+    }
+    return undefined;
+  }
+
+  #sweep(now: number): void {
+    this.#sweptAt = now;
+    for (const [ip, st] of this.#byIp) {
+      const full = this.#joins <= 0 ||
+        st.tokens + (now - st.at) * this.#joins / 60_000 >= this.#joins;
+      if (full && (this.#channels <= 0 || now - st.hour >= 3_600_000)) this.#byIp.delete(ip);
+    }
+  }
+}
+
 /** What the HTTP edge needs from the server. */
 export interface HttpContext {
   readonly session: SessionContext;
@@ -55,6 +128,10 @@ export interface HttpContext {
   readonly maxConnections: number;
   /** Open sockets per client address (0 = unlimited). */
   readonly maxSocketsPerIp?: number;
+  /** Joins per client address per minute (0 = unlimited). */
+  readonly joinRatePerMinute?: number;
+  /** Different channels joined per client address per hour (0 = unlimited). */
+  readonly channelRatePerHour?: number;
   /** Bearer token for /metrics, or undefined. */
   readonly metricsToken: string | undefined;
   /** True when the history store answers. */
@@ -111,6 +188,12 @@ export function createHttpHandler(ctx: HttpContext): HttpHandler {
   };
 
   const perIp = new Map<string, number>();
+  const joins = (ctx.joinRatePerMinute ?? 0) > 0 || (ctx.channelRatePerHour ?? 0) > 0
+    ? new JoinRate(ctx.joinRatePerMinute ?? 0, ctx.channelRatePerHour ?? 0)
+    : undefined;
+  const session: SessionContext = joins
+    ? { ...ctx.session, admitJoin: (ip, channel) => joins.admit(ip, channel) }
+    : ctx.session;
   /** Why an upgrade from `peer` is refused (a Response to send), or undefined to accept it. */
   const admitUpgrade = (req: Request, peer: string): Response | undefined => {
     if (closing) return refuse(503, "Server is shutting down", peer);
@@ -180,7 +263,7 @@ export function createHttpHandler(ctx: HttpContext): HttpHandler {
         });
       }, CLOSE_GRACE_MS);
     };
-    runSession(socket, ctx.session, peer, onClosing);
+    runSession(socket, session, peer, onClosing);
   };
 
   const upgrade = (req: Request, info?: Deno.ServeHandlerInfo): Response => {

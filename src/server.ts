@@ -161,6 +161,8 @@ export async function createServer(config: Config, deps: ServerDeps = {}): Promi
     rateLimitPerMinute: config.rateLimitPerMinute,
     maxConnections: config.maxConnections,
     maxSocketsPerIp: config.maxConnectionsPerIp,
+    joinRatePerMinute: config.joinRatePerMinute,
+    channelRatePerHour: config.channelRatePerHour,
     metricsToken: config.metricsToken,
     gauges: () => ({
       mles_sockets: { help: "Open WebSockets on this isolate", value: http.socketCount },

@@ -23,7 +23,10 @@ export interface TestServer extends AsyncDisposable {
 
 /** Options for {@link startServer}. */
 export interface StartOptions {
-  /** Environment for loadConfig; defaults: MLES_KV=":memory:", MLES_LOG_LEVEL="error". */
+  /**
+   * Environment for loadConfig; defaults: MLES_KV=":memory:", MLES_LOG_LEVEL="error",
+   * per-address limits off (an empty value gives a setting its real default).
+   */
   env?: Record<string, string>;
   /** An open KV handle to use (the test closes it). */
   kv?: Deno.Kv;
@@ -40,6 +43,11 @@ export async function startServer(
   const config = loadConfig({
     MLES_KV: ":memory:",
     MLES_LOG_LEVEL: "error",
+    // Every test client is 127.0.0.1: per-address limits are off unless a
+    // test sets them (tests/limits_test.ts runs them at their defaults).
+    MLES_MAX_CONNECTIONS_PER_IP: "0",
+    MLES_JOIN_RATE: "0",
+    MLES_CHANNEL_RATE: "0",
     ...options.env,
   });
   const server = await createServer(config, {
@@ -89,9 +97,7 @@ export class TestClient implements AsyncDisposable {
     this.ws = ws;
     ws.binaryType = "arraybuffer";
     ws.onmessage = (ev) => {
-      const f = typeof ev.data === "string"
-        ? ev.data
-        : new Uint8Array(ev.data as ArrayBuffer);
+      const f = typeof ev.data === "string" ? ev.data : new Uint8Array(ev.data as ArrayBuffer);
       if (this.#waiter) {
         const w = this.#waiter;
         this.#waiter = undefined;
@@ -263,9 +269,7 @@ export async function startIsolates(
   kvPath?: string,
   latency?: (i: number) => KvLatency | undefined,
 ): Promise<Isolates> {
-  const dir = kvPath
-    ? undefined
-    : await Deno.makeTempDir({ prefix: "mles-isolates-" });
+  const dir = kvPath ? undefined : await Deno.makeTempDir({ prefix: "mles-isolates-" });
   const path = kvPath ?? `${dir}/kv.sqlite3`;
   const isolates: IsolateServer[] = [];
   for (let i = 0; i < n; i++) {

@@ -1,6 +1,6 @@
 /** Limits (issue: hardening): each refuses the excess clearly and harms nobody else. */
 import assert from "node:assert/strict";
-import { header, joinInOrder, rawUpgrade, startServer, TestClient } from "./_helpers.ts";
+import { header, joinInOrder, rawUpgrade, startServer, TestClient, waitFor } from "./_helpers.ts";
 
 Deno.test("limits: new connections per IP over MLES_RATE_LIMIT are refused with 429 before upgrade", async () => {
   await using s = await startServer({ env: { MLES_RATE_LIMIT: "3" } });
@@ -64,4 +64,57 @@ Deno.test("limits: history replayed to a newcomer stays within MLES_HISTORY_MAX_
   assert.deepEqual(await late.take(2), ["3".repeat(40), "4".repeat(40)]);
   a.send("live");
   assert.equal(await late.next(), "live");
+});
+
+/** Per-address limits at their real defaults (startServer turns them off for other suites). */
+const DEFAULTS = { MLES_MAX_CONNECTIONS_PER_IP: "", MLES_JOIN_RATE: "", MLES_CHANNEL_RATE: "" };
+
+Deno.test("row 7: the 61st join from one address within a minute is closed 1008 (default MLES_JOIN_RATE 60)", async () => {
+  await using s = await startServer({ env: DEFAULTS });
+  const clients: TestClient[] = [];
+  try {
+    for (let i = 0; i < 60; i++) {
+      clients.push(await TestClient.open(s.wsUrl, header(`u${i}`, `c${i % 5}`)));
+    }
+    await waitFor(() => s.server.hub.joinedCount === 60, "60 joined");
+    await using over = await TestClient.open(s.wsUrl, header("u60", "c0"));
+    assert.deepEqual(await over.waitClosed(), {
+      code: 1008,
+      reason: "Cannot join: limit is 60 joins per minute per address",
+    });
+    assert.equal(s.server.hub.joinedCount, 60);
+  } finally {
+    await Promise.all(clients.map((c) => c.close()));
+  }
+});
+
+Deno.test("row 7: a 61st different channel from one address within an hour is refused; known channels still join", async () => {
+  await using s = await startServer({ env: { ...DEFAULTS, MLES_JOIN_RATE: "1000" } });
+  for (let i = 0; i < 60; i++) {
+    const c = await TestClient.open(s.wsUrl, header("u", `new${i}`));
+    await waitFor(() => s.server.hub.joinedCount === 1, `joined new${i}`);
+    await c.close();
+    await waitFor(() => s.server.hub.joinedCount === 0, `left new${i}`);
+  }
+  await using over = await TestClient.open(s.wsUrl, header("u", "new60"));
+  assert.deepEqual(await over.waitClosed(), {
+    code: 1008,
+    reason: "Cannot join: limit is 60 different channels per hour per address",
+  });
+  await using again = await TestClient.open(s.wsUrl, header("v", "new0"));
+  assert.ok(typeof (await again.next()) === "string", "joined a known channel and got its history");
+});
+
+Deno.test("row 7: the 257th open connection of one address gets 429", async () => {
+  await using s = await startServer({ env: { MLES_MAX_CONNECTIONS_PER_IP: "" } });
+  const open: TestClient[] = [];
+  try {
+    for (let i = 0; i < 256; i++) open.push(await TestClient.open(s.wsUrl));
+    assert.match(
+      await rawUpgrade(s.port),
+      /^HTTP\/1\.1 429[\s\S]*Too many open connections: limit is 256 per address/,
+    );
+  } finally {
+    await Promise.all(open.map((c) => c.close()));
+  }
 });
