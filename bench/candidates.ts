@@ -156,6 +156,15 @@ export async function candidates(
       metrics: (port) => `http://127.0.0.1:${port}/metrics`,
     },
     {
+      // Not in any default list: `deno task start` on Deno.serve + Deno.upgradeWebSocket
+      // (the transport of `deno serve` and Deploy) instead of node:http + npm:ws.
+      name: "ours-deno",
+      skip: oursSkip,
+      cmd: () => [deno, "task", "--quiet", "start"],
+      env: (port, tmp) => ({ ...oursEnv(port, tmp), MLES_TRANSPORT: "deno" }),
+      metrics: (port) => `http://127.0.0.1:${port}/metrics`,
+    },
+    {
       // Not in any default list: separates the KV bus's cost from the rest of ours.
       name: "ours-memory",
       skip: oursSkip,

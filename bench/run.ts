@@ -38,7 +38,7 @@ const { values: flags } = parseArgs({
 if (flags.help) {
   console.log(
     `deno task bench [--only ${WORKLOADS.map((w) => w.id).join(",")}] [--reps 3] [--seconds 3]
-  [--warmup 1] [--candidates deno-baseline,node-ws,bun,ours,ours-memory,ours-multi]
+  [--warmup 1] [--candidates deno-baseline,node-ws,bun,ours,ours-deno,ours-memory,ours-multi]
   [--gen deno|node]
   [--settle 3] [--max-seconds 570] [--out bench/out/NAME.jsonl] [--no-install] [--verbose]
 --candidates: run exactly these on every selected workload (default: each

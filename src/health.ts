@@ -11,65 +11,52 @@
 export interface WriteProbeOptions {
   /** At most one probe per this many ms (default 1000). */
   readonly intervalMs?: number;
-  /** A probe still unanswered after this long counts as failed (default 2000). */
+  /** A probe unanswered for this long counts as failed (default 2000). */
   readonly timeoutMs?: number;
-  /** Unhealthy once probes have kept failing this long (default 5000). */
-  readonly failAfterMs?: number;
 }
 
 /**
- * Health from a write probe. Guarantee: once every write fails or hangs,
- * {@link healthy} turns false within `failAfterMs` + `intervalMs` of the
- * first failed probe (6 s by default, counting from the first `/healthz`
- * asked after the store broke); one successful write makes it true again.
+ * Health from a write probe. Guarantees: {@link healthy} is false when the
+ * last probe failed, or when one has hung for `timeoutMs`; so once every
+ * write fails or hangs, `/healthz` answers 503 within `timeoutMs` (2 s) of
+ * being asked. The first successful write makes it true again.
  */
 export class WriteProbe {
   readonly #write: () => Promise<unknown>;
   readonly #intervalMs: number;
   readonly #timeoutMs: number;
-  readonly #failAfterMs: number;
-  #inFlightSince: number | undefined;
+  #inFlight: { since: number; done: Promise<void> } | undefined;
   #lastStart = -Infinity;
-  #failingSince: number | undefined;
+  #lastFailed = false;
 
   constructor(write: () => Promise<unknown>, options: WriteProbeOptions = {}) {
     this.#write = write;
     this.#intervalMs = options.intervalMs ?? 1000;
     this.#timeoutMs = options.timeoutMs ?? 2000;
-    this.#failAfterMs = options.failAfterMs ?? 5000;
   }
 
-  /** How long probes have kept failing, in ms (0 when the last one succeeded). */
-  get failingMs(): number {
+  /**
+   * Starts a probe if one is due and waits for it (at most until it counts
+   * as hung), then tells whether the store takes writes.
+   */
+  async healthy(): Promise<boolean> {
     const now = performance.now();
-    let since = this.#failingSince;
-    if (this.#inFlightSince !== undefined && now - this.#inFlightSince >= this.#timeoutMs) {
-      since = Math.min(since ?? Infinity, this.#inFlightSince);
-    }
-    return since === undefined ? 0 : now - since;
-  }
-
-  /** Starts a probe if one is due, and tells whether the store has been failing too long. */
-  healthy(): boolean {
-    const now = performance.now();
-    if (this.#inFlightSince === undefined && now - this.#lastStart >= this.#intervalMs) {
+    if (!this.#inFlight && now - this.#lastStart >= this.#intervalMs) {
       this.#lastStart = now;
-      this.#inFlightSince = now;
-      this.#probe(now);
+      const done = this.#write().then(() => this.#lastFailed = false, () => this.#lastFailed = true)
+        .then(() => this.#inFlight = undefined);
+      this.#inFlight = { since: now, done };
     }
-    return this.failingMs < this.#failAfterMs;
-  }
-
-  async #probe(started: number): Promise<void> {
-    let ok = false;
-    try {
-      await this.#write();
-      ok = true;
-    } catch {
-      // counted below
+    const p = this.#inFlight;
+    if (p) {
+      const left = this.#timeoutMs - (performance.now() - p.since);
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      if (left > 0) {
+        await Promise.race([p.done, new Promise((r) => timer = setTimeout(r, left))]);
+      }
+      clearTimeout(timer);
+      if (this.#inFlight === p) return false; // hung for timeoutMs
     }
-    this.#inFlightSince = undefined;
-    if (ok) this.#failingSince = undefined;
-    else this.#failingSince ??= started;
+    return !this.#lastFailed;
   }
 }

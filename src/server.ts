@@ -169,8 +169,16 @@ export async function createServer(config: Config, deps: ServerDeps = {}): Promi
       mles_members: { help: "Members joined or joining on this isolate", value: hub.memberCount },
       mles_channels: { help: "Channels with local members", value: hub.channelCount },
     }),
-    // A timed KV write, not a read: reads go on answering while commits fail.
-    healthy: () => Promise.resolve(health?.healthy() ?? true),
+    // A read (KV gone) and a timed write probe (reads go on answering while commits fail).
+    healthy: async () => {
+      if (!kv || !health) return true;
+      try {
+        await kv.get(HEALTH_KEY);
+      } catch {
+        return false;
+      }
+      return await health.healthy();
+    },
     staticFiles,
     peers: () => peering?.states,
   });
