@@ -117,6 +117,10 @@ export async function candidates(
     PORT: String(port),
     MLES_KV: `${tmp}/kv-${port}.sqlite3`,
     MLES_LOG_LEVEL: "error",
+    // The load generator is one address: per-address limits would refuse it.
+    MLES_MAX_CONNECTIONS_PER_IP: "0",
+    MLES_JOIN_RATE: "0",
+    MLES_CHANNEL_RATE: "0",
   });
   return [
     {
@@ -182,6 +186,9 @@ export async function candidates(
         PORT: String(port),
         MLES_KV: `.data/bench-kv-${port}.sqlite3`,
         MLES_LOG_LEVEL: "error",
+        MLES_MAX_CONNECTIONS_PER_IP: "0",
+        MLES_JOIN_RATE: "0",
+        MLES_CHANNEL_RATE: "0",
         DENO_JOBS: "2",
       }),
       cleanup: (port) => removeGlob(`${ROOT}/.data`, `bench-kv-${port}.sqlite3`),
