@@ -409,7 +409,6 @@ Deno.test("kv bus: a batch larger than one value is stored in pages, read back i
   for await (const p of h.kvs[0].list({ prefix: ["mles", "p"] })) {
     assert.ok(entries.has(p.key[4] as string), "no page outlives its batch");
   }
-  assert.ok(await pagesStored() > 0);
   const after = await h.a.bus.history("pages");
   assert.deepEqual(
     after.deliveries.map((d) => d.id),
