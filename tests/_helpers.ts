@@ -281,7 +281,13 @@ export async function startIsolates(
       if (ev.data?.error) started.reject(new Error(ev.data.error));
       else started.resolve(ev.data.port);
     };
-    w.postMessage({ env: { ...env, MLES_KV: path }, latency: latency?.(i) });
+    // Every test client is 127.0.0.1: per-address limits off unless the test sets them.
+    const perAddressOff = {
+      MLES_MAX_CONNECTIONS_PER_IP: "0",
+      MLES_JOIN_RATE: "0",
+      MLES_CHANNEL_RATE: "0",
+    };
+    w.postMessage({ env: { ...perAddressOff, ...env, MLES_KV: path }, latency: latency?.(i) });
     const port = await started.promise;
     let closed: Promise<void> | undefined;
     isolates.push({

@@ -1,5 +1,6 @@
 /** Limits (issue: hardening): each refuses the excess clearly and harms nobody else. */
 import assert from "node:assert/strict";
+import { loadConfig } from "../src/config.ts";
 import { header, joinInOrder, rawUpgrade, startServer, TestClient, waitFor } from "./_helpers.ts";
 
 Deno.test("limits: new connections per IP over MLES_RATE_LIMIT are refused with 429 before upgrade", async () => {
@@ -69,8 +70,8 @@ Deno.test("limits: history replayed to a newcomer stays within MLES_HISTORY_MAX_
 /** Per-address limits at their real defaults (startServer turns them off for other suites). */
 const DEFAULTS = { MLES_MAX_CONNECTIONS_PER_IP: "", MLES_JOIN_RATE: "", MLES_CHANNEL_RATE: "" };
 
-Deno.test("row 7: the 61st join from one address within a minute is closed 1008 (default MLES_JOIN_RATE 60)", async () => {
-  await using s = await startServer({ env: DEFAULTS });
+Deno.test("row 7: the 61st join from one address within a minute is closed 1008 (MLES_JOIN_RATE=60)", async () => {
+  await using s = await startServer({ env: { ...DEFAULTS, MLES_JOIN_RATE: "60" } });
   const clients: TestClient[] = [];
   try {
     for (let i = 0; i < 60; i++) {
@@ -88,8 +89,10 @@ Deno.test("row 7: the 61st join from one address within a minute is closed 1008 
   }
 });
 
-Deno.test("row 7: a 61st different channel from one address within an hour is refused; known channels still join", async () => {
-  await using s = await startServer({ env: { ...DEFAULTS, MLES_JOIN_RATE: "1000" } });
+Deno.test("row 7: a 61st different channel from one address within an hour is refused (MLES_CHANNEL_RATE=60); known channels still join", async () => {
+  await using s = await startServer({
+    env: { ...DEFAULTS, MLES_JOIN_RATE: "1000", MLES_CHANNEL_RATE: "60" },
+  });
   for (let i = 0; i < 60; i++) {
     const c = await TestClient.open(s.wsUrl, header("u", `new${i}`));
     await waitFor(() => s.server.hub.joinedCount === 1, `joined new${i}`);
@@ -117,4 +120,10 @@ Deno.test("row 7: the 257th open connection of one address gets 429", async () =
   } finally {
     await Promise.all(open.map((c) => c.close()));
   }
+});
+
+Deno.test("row 7: per-address join and channel budgets are on by default (600 a minute, 600 an hour)", () => {
+  const c = loadConfig({});
+  assert.equal(c.joinRatePerMinute, 600);
+  assert.equal(c.channelRatePerHour, 600);
 });
