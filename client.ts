@@ -23,15 +23,20 @@
  * (src/dedupe.ts), so nothing loops. It prints counters to stderr every
  * second when stderr is a terminal, and a final line on exit (SIGINT/SIGTERM).
  *
- * Both modes reconnect after a disconnect with capped exponential backoff
- * and jitter. Exit status: 0 at end of input (interactive) or on SIGINT/SIGTERM
- * (proxy), 130 on SIGINT/SIGTERM in interactive mode, 2 for a usage error. Imports: src/auth.ts, src/dedupe.ts, src/frame.ts (type),
- * node:util (argument parsing; `@std/cli` is on JSR, which we cannot reach).
+ * Both modes reconnect after a disconnect through src/link.ts (capped
+ * exponential backoff with jitter, the one the peering bridge uses). Exit
+ * status: 0 at end of input (interactive) or on SIGINT/SIGTERM (proxy), 130
+ * on SIGINT/SIGTERM in interactive mode, 2 for a usage error.
+ * Imports: node:util (argument parsing; `@std/cli` is on JSR, which we
+ * cannot reach), src/auth, src/dedupe, src/frame (type), src/link,
+ * src/retry (type).
  */
 import { parseArgs } from "node:util";
 import { mlesAuth } from "./src/auth.ts";
 import { Dedupe } from "./src/dedupe.ts";
 import type { Frame } from "./src/frame.ts";
+import { Link, type LinkEvent } from "./src/link.ts";
+import type { BackoffOptions } from "./src/retry.ts";
 
 const USAGE = `Usage:
   deno task client [--uid U] [--channel C] [--key K] [--raw] <ws-url>
@@ -198,165 +203,6 @@ export function formatFrame(frame: Frame): string {
   return printable(frame.data);
 }
 
-// ---- reconnecting link ----------------------------------------------------
-
-/** Backoff shape: the n-th retry waits between d/2 and d, d = min(capMs, baseMs * 2^n). */
-export interface BackoffOptions {
-  /** First delay bound (default 250 ms). */
-  baseMs?: number;
-  /** Largest delay bound (default 30 s). */
-  capMs?: number;
-}
-
-/**
- * Delay before retry number `attempt` (0-based): capped exponential with
- * "equal jitter", uniformly in [d/2, d) with d = min(capMs, baseMs * 2^attempt).
- * Never 0, so a server that refuses at once is not hammered; spread out so
- * many clients cut off together do not return together.
- */
-export function backoffMs(
-  attempt: number,
-  options: BackoffOptions = {},
-  random: () => number = Math.random,
-): number {
-  const d = Math.min(options.capMs ?? 30_000, (options.baseMs ?? 250) * 2 ** attempt);
-  return d / 2 + random() * (d / 2);
-}
-
-/** What a {@link Link} reports. */
-export type LinkEvent =
-  | { type: "open" }
-  | { type: "up" }
-  | { type: "closed"; opened: boolean; code: number; reason: string; retryInMs: number };
-
-/** Options for {@link Link}. */
-export interface LinkOptions {
-  url: string;
-  /** The header text sent first on every connection. */
-  header: string;
-  onFrame: (frame: Frame) => void;
-  onEvent?: (event: LinkEvent) => void;
-  /** Frames kept while disconnected, oldest dropped first (default 1000). */
-  outboxLimit?: number;
-  backoff?: BackoffOptions;
-}
-
-/**
- * One Mles membership that survives disconnects: connects, sends the header,
- * delivers every received frame to `onFrame`, and after a close reconnects
- * with {@link backoffMs}. Mles has no join acknowledgement (a refused header
- * is closed at once), so the link counts as "up" (and the backoff restarts)
- * after its first frame or one quiet second. Frames sent while disconnected
- * wait in a bounded outbox and go out right after the next header.
- */
-export class Link {
-  readonly #o: LinkOptions;
-  readonly #outbox: Frame[] = [];
-  #ws: WebSocket | undefined;
-  #closedWs: Promise<void> = Promise.resolve();
-  #attempt = 0;
-  #timer: ReturnType<typeof setTimeout> | undefined;
-  #stopped = false;
-  /** Frames dropped from a full outbox. */
-  lost = 0;
-
-  constructor(options: LinkOptions) {
-    this.#o = options;
-  }
-
-  /** True while the socket is open (the header has been sent on it). */
-  get open(): boolean {
-    return this.#ws?.readyState === WebSocket.OPEN;
-  }
-
-  /** Starts connecting. Call once. */
-  start(): void {
-    this.#connect();
-  }
-
-  /**
-   * Sends `frame` now if the socket is open, else queues it for the next
-   * connection (dropping the oldest queued frame when the outbox is full).
-   */
-  send(frame: Frame): void {
-    if (this.#ws && this.open) this.#ws.send(frame.data as string);
-    else {
-      this.#outbox.push(frame);
-      if (this.#outbox.length > (this.#o.outboxLimit ?? 1000)) {
-        this.#outbox.shift();
-        this.lost++;
-      }
-    }
-  }
-
-  /**
-   * Resolves true once nothing is queued or buffered (everything sent has
-   * been handed to the network), false if that takes longer than `ms`.
-   */
-  async flushed(ms: number): Promise<boolean> {
-    const deadline = Date.now() + ms;
-    while (Date.now() < deadline) {
-      if (this.#outbox.length === 0 && (!this.#ws || this.#ws.bufferedAmount === 0)) return true;
-      await new Promise((r) => setTimeout(r, 10));
-    }
-    return false;
-  }
-
-  /** Stops reconnecting, closes the socket (1000) and waits for it to close. Safe to call twice. */
-  async close(): Promise<void> {
-    this.#stopped = true;
-    clearTimeout(this.#timer);
-    const ws = this.#ws;
-    if (ws && ws.readyState <= WebSocket.OPEN) ws.close(1000);
-    await this.#closedWs;
-  }
-
-  #connect(): void {
-    if (this.#stopped) return;
-    const ws = new WebSocket(this.#o.url, "mles-websocket");
-    ws.binaryType = "arraybuffer";
-    this.#ws = ws;
-    const closed = Promise.withResolvers<void>();
-    this.#closedWs = closed.promise;
-    let upTimer: ReturnType<typeof setTimeout> | undefined;
-    let isUp = false;
-    const up = () => {
-      clearTimeout(upTimer);
-      if (isUp) return;
-      isUp = true;
-      this.#attempt = 0;
-      this.#o.onEvent?.({ type: "up" });
-    };
-    let openedAt = 0;
-    ws.onopen = () => {
-      openedAt = Date.now();
-      ws.send(this.#o.header);
-      for (const f of this.#outbox.splice(0)) ws.send(f.data as string);
-      this.#o.onEvent?.({ type: "open" });
-      upTimer = setTimeout(up, 1000);
-    };
-    ws.onmessage = (ev) => {
-      up();
-      this.#o.onFrame(
-        typeof ev.data === "string"
-          ? { kind: "text", data: ev.data }
-          : { kind: "binary", data: new Uint8Array(ev.data as ArrayBuffer) },
-      );
-    };
-    ws.onerror = () => {}; // a close event follows with the code
-    ws.onclose = (ev) => {
-      clearTimeout(upTimer);
-      if (this.#ws === ws) this.#ws = undefined;
-      closed.resolve();
-      if (this.#stopped) return;
-      const retryInMs = backoffMs(this.#attempt++, this.#o.backoff);
-      const opened = openedAt !== 0;
-      this.#o.onEvent?.({ type: "closed", opened, code: ev.code, reason: ev.reason, retryInMs });
-      this.#timer = setTimeout(() => this.#connect(), retryInMs);
-    };
-  }
-}
-
 // ---- interactive mode -----------------------------------------------------
 
 /**
@@ -378,7 +224,7 @@ export class ReplayFilter {
 
   /** Records a frame this client sent (or its header): the server may replay it. */
   remember(frame: Frame): void {
-    this.#known.seen(frame.kind, frame.data);
+    this.#known.firstSight(frame.kind, frame.data);
   }
 
   /** A new connection has opened: its first frames may be a replay. */
@@ -388,7 +234,7 @@ export class ReplayFilter {
 
   /** True if `frame` should be shown; records it either way. */
   accept(frame: Frame, now = Date.now()): boolean {
-    const known = this.#known.seen(frame.kind, frame.data);
+    const known = !this.#known.firstSight(frame.kind, frame.data);
     if (known && now < this.#replayUntil) return false;
     this.#replayUntil = 0;
     return true;
@@ -406,9 +252,9 @@ async function* readLines(stream: ReadableStream<Uint8Array>): AsyncGenerator<st
   if (rest) yield rest;
 }
 
-function describeClose(e: Extract<LinkEvent, { type: "closed" }>): string {
-  const why = e.reason ? ` ${JSON.stringify(e.reason)}` : "";
-  const what = e.opened ? `closed (${e.code}${why})` : "cannot connect";
+function describeClose(e: Extract<LinkEvent, { type: "closed" | "failed" }>): string {
+  const why = e.type === "closed" && e.reason ? ` ${JSON.stringify(e.reason)}` : "";
+  const what = e.type === "closed" && e.opened ? `closed (${e.code}${why})` : "cannot connect";
   return `${what}; reconnecting in ${(e.retryInMs / 1000).toFixed(1)} s`;
 }
 
@@ -442,7 +288,7 @@ async function interactive(o: CliOptions): Promise<number> {
       if (e.type === "open") {
         if (opens++ > 0) replay.reconnected();
         logLine(`connected to ${o.url} as ${o.uid} in ${o.channel}`);
-      } else if (e.type === "closed") logLine(describeClose(e));
+      } else if (e.type === "closed" || e.type === "failed") logLine(describeClose(e));
     },
   });
   link.start();
@@ -499,7 +345,7 @@ export class ProxyCore {
   route(from: Side, frame: Frame): Side | null {
     if (
       (frame.kind === "text" && this.#own.has(frame.data)) ||
-      this.#window.seen(frame.kind, frame.data)
+      !this.#window.firstSight(frame.kind, frame.data)
     ) {
       this.stats.duplicates++;
       return null;
@@ -610,7 +456,9 @@ async function proxyMode(o: CliOptions): Promise<number> {
       if (e.type === "open") {
         write(`${clear}mles-client: ${side}: connected to ${url} as ${o.uid}\n`);
       }
-      if (e.type === "closed") write(`${clear}mles-client: ${side}: ${describeClose(e)}\n`);
+      if (e.type === "closed" || e.type === "failed") {
+        write(`${clear}mles-client: ${side}: ${describeClose(e)}\n`);
+      }
     },
   });
   const ticker = tty ? setInterval(() => write(`${clear}${formatStats(proxy.stats)}`), 1000) : 0;

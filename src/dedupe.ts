@@ -2,9 +2,9 @@
  * @module
  * A bounded window of recently seen frames, for whoever forwards between
  * servers: it drops what it has already seen, or frames loop forever
- * (SPEC section 6; mles-client keeps 40,000). Imports: auth (SipHash only).
+ * (SPEC section 6; mles-client keeps 40,000). Imports: siphash.
  */
-import { siphash24Halves } from "./auth.ts";
+import { siphash24Halves } from "./siphash.ts";
 
 const encoder = new TextEncoder();
 
@@ -13,8 +13,8 @@ const DEFAULT_CAPACITY = 40_000;
 
 /**
  * Remembers the last `capacity` distinct frames, each identified by its type
- * (text or binary) and its exact bytes (UTF-8 for text), and answers "seen
- * before?" in O(size of the frame). Oldest entries are forgotten first (FIFO,
+ * (text or binary) and its exact bytes (UTF-8 for text), and answers "first
+ * sight?" in O(size of the frame). Oldest entries are forgotten first (FIFO,
  * not LRU: seeing a frame again does not extend its life).
  *
  * Why keyed SipHash-2-4 and not a faster FNV/murmur-style hash: the window
@@ -56,16 +56,17 @@ export class Dedupe {
   }
 
   /**
-   * True if this exact frame (same type, same bytes) is among the last
-   * `capacity` distinct frames recorded; the window is then unchanged.
-   * Otherwise records it (evicting the oldest entry when full) and returns
-   * false. A string is identified by its UTF-8 bytes.
+   * Records a frame and says whether this is its first sight: true if this
+   * exact frame (same type, same bytes) is not among the last `capacity`
+   * distinct frames recorded (it is now recorded, evicting the oldest entry
+   * when full); false for a repeat (the window is then unchanged). A string
+   * is identified by its UTF-8 bytes.
    */
-  seen(kind: "text" | "binary", data: string | Uint8Array): boolean {
+  firstSight(kind: "text" | "binary", data: string | Uint8Array): boolean {
     const bytes = typeof data === "string" ? encoder.encode(data) : data;
     const [hi, lo] = siphash24Halves(this.#keys[kind], bytes);
     const id = hi.toString(16).padStart(8, "0") + lo.toString(16).padStart(8, "0");
-    if (this.#set.has(id)) return true;
+    if (this.#set.has(id)) return false;
     if (this.#ring.length < this.capacity) this.#ring.push(id);
     else {
       this.#set.delete(this.#ring[this.#oldest]);
@@ -73,7 +74,7 @@ export class Dedupe {
       this.#oldest = (this.#oldest + 1) % this.capacity;
     }
     this.#set.add(id);
-    return false;
+    return true;
   }
 
   /** Frames currently remembered (at most `capacity`). */

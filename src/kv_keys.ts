@@ -72,7 +72,7 @@ export function isTrimMark(key: Deno.KvKey): boolean {
   return key[3] === TRIM_MARK;
 }
 
-// ---- Keys outside the bus: session claims (session_claims.ts) and peering (peer_dedup.ts) ----
+// ---- Keys outside the bus: session claims (session_claims.ts) and peering (peer_dedup.ts, lease.ts) ----
 
 /** A claimed session identity, by a hash of (uid, channel, numeric auth): `{ owner }`. */
 export function sessionClaimKey(identityHash: string): Deno.KvKey {
@@ -87,4 +87,9 @@ export function claimOwnerKey(owner: string): Deno.KvKey {
 /** A frame known to a peered channel, by channel key and a hash of the frame (type and bytes). */
 export function peerFrameKey(chKey: string, frameHash: string): Deno.KvKey {
   return [ROOT, "pf", chKey, frameHash];
+}
+
+/** A peering bridge's lease (lease.ts), by a hash of its name: `{ owner, until }`. */
+export function leaseKey(nameHash: string): Deno.KvKey {
+  return [ROOT, "lease", nameHash];
 }

@@ -37,22 +37,17 @@ import { Dedupe } from "./dedupe.ts";
 import type { Frame } from "./frame.ts";
 import { PEER_UID_PREFIX } from "./header.ts";
 import type { Hub, Member, Membership } from "./hub.ts";
+import type { KvLease } from "./lease.ts";
+import { type Attempt, Link, type LinkEvent } from "./link.ts";
 import type { Logger } from "./log.ts";
 import { type PeerDedup, shortHashes } from "./peer_dedup.ts";
+import { errorText } from "./retry.ts";
 
 /** HTTP path (POST) where a proven peer asks for the hashes of a channel's last frames. */
 export const PEER_SYNC_PATH = "/.well-known/mles-peer-sync";
 
 /** Frames compared on a (re)connect: the newest this many on each side (8 bytes of hash each). */
 export const RESYNC_FRAMES = 200;
-
-/** Exclusive right to run one bridge across the isolates of a deployment. */
-export interface Lease {
-  /** Takes or renews the lease named `name` for `ms`; false if another holder has it. */
-  acquire(name: string, ms: number): Promise<boolean>;
-  /** Gives it up (best effort). */
-  release(name: string): Promise<void>;
-}
 
 /** What a peering link has sent and received (for tests and the resync measurement). */
 export interface PeerStats {
@@ -289,8 +284,8 @@ export interface PeeringOptions {
   readonly log: Logger;
   /** The links' duplicate check and resync (shared with peer sessions). */
   readonly gate: PeerGate;
-  /** Present when several isolates share KV. */
-  readonly lease?: Lease;
+  /** Present when several isolates share KV: one isolate at a time runs a given bridge. */
+  readonly lease?: KvLease;
 }
 
 const LEASE_MS = 15_000;
@@ -361,26 +356,45 @@ function syncUrl(peer: string): string {
   return u.href;
 }
 
-/** One (peer, channel) link. */
+/** Close codes with which a peer refuses our header (logged as "refused", not "down"). */
+const REFUSALS = new Set([1002, 1003, 1008]);
+
+/**
+ * One (peer, channel) bridge: a member of the local hub that forwards to a
+ * {@link Link} to the peer and back. Before each attempt it holds the lease
+ * (if any), joins the hub once, and reads what the channel holds now, which
+ * rides in the header (`resync_have`) and drives the resync.
+ */
 class Bridge implements Member {
   readonly peer: string;
   readonly channel: string;
   state: "idle" | "waiting-lease" | "connecting" | "connected" | "down" | "refused" = "idle";
   readonly #opts: PeeringOptions;
+  readonly #check: PeerLink;
+  readonly #link: Link;
   /** What this bridge got from or sent to its peer on this connection: never sent (back) there. */
   #sent = new Dedupe();
-  #link: PeerLink | undefined;
-  #ws: WebSocket | undefined;
   #membership: Membership | undefined;
+  /** The channel's newest frames when the current attempt was prepared (for the resync). */
+  #ours: Frame[] = [];
   #stopped = false;
-  #attempt = 0;
-  #timer: ReturnType<typeof setTimeout> | undefined;
   #leaseTimer: ReturnType<typeof setInterval> | undefined;
 
   constructor(peer: string, channel: string, opts: PeeringOptions) {
     this.peer = peer;
     this.channel = channel;
     this.#opts = opts;
+    this.#check = opts.gate.link(channel);
+    this.#link = new Link({
+      url: peer,
+      header: () => this.#prepare(),
+      outboxLimit: 0, // while the peer is down, the resync on reconnect brings what it missed
+      onFrame: (frame) => {
+        this.#sent.firstSight(frame.kind, frame.data); // never send it back to this peer
+        this.#check.receive(frame, (f) => this.#membership?.publish(f));
+      },
+      onEvent: (e) => this.#onLinkEvent(e),
+    });
   }
 
   get #leaseName(): string {
@@ -391,49 +405,57 @@ class Bridge implements Member {
 
   send(frame: Frame): void {
     // Known to the check whatever the link's state: if it comes back, it is a duplicate.
-    this.#link?.know(frame);
-    // While the peer is unreachable frames are not queued: the resync on
-    // reconnect (or the peer's own bridge to us) brings them.
-    const ws = this.#ws;
-    if (!ws || ws.readyState !== WebSocket.OPEN) return;
-    if (this.#sent.seen(frame.kind, frame.data)) return;
-    this.#link?.send(frame, (f) => ws.send(f.data as string));
+    this.#check.know(frame);
+    if (!this.#link.open || !this.#sent.firstSight(frame.kind, frame.data)) return;
+    const connection = this.#link.connection;
+    this.#check.send(frame, (f) => this.#sendOn(connection, f));
   }
 
   get bufferedAmount(): number {
-    return (this.#ws?.bufferedAmount ?? 0) + (this.#link?.queuedBytes ?? 0);
+    return this.#link.bufferedAmount + this.#check.queuedBytes;
   }
 
   close(_close: Close): void {
     // The hub dropped us (e.g. the peer reads too slowly): start over.
     this.#membership = undefined;
-    this.#ws?.close();
+    this.#link.drop();
   }
 
   // ---- lifecycle ----
 
   start(): void {
-    this.#link = this.#opts.gate.link(this.channel);
-    void this.#run();
+    this.#link.start();
   }
 
   async stop(): Promise<void> {
     if (this.#stopped) return;
     this.#stopped = true;
-    clearTimeout(this.#timer);
     clearInterval(this.#leaseTimer);
     this.#membership?.leave();
     this.#membership = undefined;
-    this.#link?.close();
-    const ws = this.#ws;
-    this.#ws = undefined;
-    if (ws && ws.readyState <= WebSocket.OPEN) {
-      const closed = new Promise((r) => ws.addEventListener("close", r, { once: true }));
-      ws.close(1000, "Bridge stopped");
-      await Promise.race([closed, new Promise((r) => setTimeout(r, 1000))]);
-    }
+    this.#check.close();
+    await this.#link.close(1000, "Bridge stopped", 1000);
     if (this.#opts.lease && this.state !== "waiting-lease") {
       await this.#opts.lease.release(this.#leaseName).catch(() => {});
+    }
+  }
+
+  /** Sends on the socket numbered `connection` only; throws if that socket is gone. */
+  #sendOn(connection: number, f: Frame): void {
+    if (this.#link.connection !== connection || !this.#link.send(f)) {
+      throw new Error("The peer link closed");
+    }
+  }
+
+  #onLinkEvent(e: LinkEvent): void {
+    if (e.type === "open") {
+      this.#sent = new Dedupe();
+      void this.#pushMissing(this.#link.connection, this.#ours);
+    } else if (e.type === "up") this.#setState("connected");
+    else if (e.type === "failed") this.#setState("down", { error: e.error });
+    else if (e.type === "closed") {
+      const state = REFUSALS.has(e.code) ? "refused" : "down";
+      this.#setState(state, { code: e.code, reason: e.reason });
     }
   }
 
@@ -454,184 +476,96 @@ class Bridge implements Member {
     });
   }
 
-  #retry(): void {
-    if (this.#stopped) return;
-    // Capped exponential backoff with full jitter: 0.25 s .. 30 s.
-    const cap = Math.min(30_000, 250 * 2 ** this.#attempt++);
-    this.#timer = setTimeout(() => void this.#run(), cap / 2 + Math.random() * cap / 2);
-  }
-
-  async #run(): Promise<void> {
-    if (this.#stopped) return;
-    const lease = this.#opts.lease;
-    if (lease) {
-      let mine = false;
-      try {
-        mine = await lease.acquire(this.#leaseName, LEASE_MS);
-      } catch (err) {
-        this.#opts.log.warn("peer lease failed", { peer: this.peer, error: err });
-      }
-      if (this.#stopped) {
-        // Stopped while acquiring: stop() could not give back what it did not hold yet.
-        if (mine) await lease.release(this.#leaseName).catch(() => {});
-        return;
-      }
-      if (!mine) {
-        this.#setState("waiting-lease");
-        this.#timer = setTimeout(() => void this.#run(), LEASE_MS / 3);
-        return;
-      }
-      clearInterval(this.#leaseTimer);
-      this.#leaseTimer = setInterval(async () => {
-        const still = await lease.acquire(this.#leaseName, LEASE_MS).catch(() => false);
-        if (!still && !this.#stopped) {
-          // Another isolate took over: step back and wait for the lease again.
-          clearInterval(this.#leaseTimer);
-          this.#membership?.leave();
-          this.#membership = undefined;
-          this.#ws?.close();
-        }
-      }, LEASE_MS / 3);
+  /**
+   * Before each attempt: the lease (or a wait for it), the hub membership,
+   * and the header carrying what the channel holds now. Rejects (the link
+   * retries with backoff) when the hub or history cannot be read.
+   */
+  async #prepare(): Promise<Attempt> {
+    // No lease, no await: the join starts in the same turn as the attempt.
+    if (this.#opts.lease && !await this.#holdLease(this.#opts.lease)) {
+      if (!this.#stopped) this.#setState("waiting-lease");
+      return { waitMs: LEASE_MS / 3 };
     }
     this.#setState("connecting");
-    let ours: Frame[];
-    try {
-      if (!this.#membership) {
-        const m = await this.#opts.hub.join(this, this.channel, {
-          bridge: true,
-          onHistory: (frames) => {
-            for (const f of frames) this.#link?.know(f);
-          },
-        });
-        // Stopped while joining: stop() found no membership to leave, so leave now.
-        if (this.#stopped) return m?.leave();
-        this.#membership = m;
+    if (!this.#membership) {
+      const m = await this.#opts.hub.join(this, this.channel, {
+        bridge: true,
+        onHistory: (frames) => {
+          for (const f of frames) this.#check.know(f);
+        },
+      });
+      // Stopped while joining: stop() found no membership to leave, so leave now.
+      if (this.#stopped) {
+        m?.leave();
+        return { waitMs: 0 }; // the link is stopped: it makes no further attempt
       }
-      // Every (re)connect starts from what the channel holds now.
-      ours = await this.#opts.gate.recent(this.channel);
-    } catch (err) {
-      this.#setState("down", { error: err });
-      return this.#retry();
+      this.#membership = m;
     }
-    if (this.#stopped) return;
-    for (const f of ours) this.#link?.know(f);
-    this.#connect(ours, await shortHashes(ours));
+    // Every (re)connect starts from what the channel holds now.
+    const ours = await this.#opts.gate.recent(this.channel);
+    for (const f of ours) this.#check.know(f);
+    this.#ours = ours;
+    const { uid, peerKey } = this.#opts;
+    const auth = mlesAuth(uid, this.channel, peerKey);
+    // `resync_have`: an mles-deno peer replays only what is not in it; mles-rs ignores it.
+    const resync_have = await shortHashes(ours);
+    return { header: JSON.stringify({ uid, channel: this.channel, auth, resync_have }) };
   }
 
-  #connect(ours: Frame[], have: string): void {
-    if (this.#stopped) return;
-    const { uid, peerKey } = this.#opts;
-    let ws: WebSocket;
+  /** True once this isolate holds the bridge's lease; renews it meanwhile. */
+  async #holdLease(lease: KvLease): Promise<boolean> {
+    let mine = false;
     try {
-      ws = new WebSocket(this.peer, "mles-websocket");
+      mine = await lease.acquire(this.#leaseName, LEASE_MS);
     } catch (err) {
-      this.#setState("down", { error: err });
-      return this.#retry();
+      this.#opts.log.warn("peer lease failed", { peer: this.peer, error: errorText(err) });
     }
-    ws.binaryType = "arraybuffer";
-    this.#ws = ws;
-    this.#sent = new Dedupe();
-    const auth = mlesAuth(uid, this.channel, peerKey);
-    // Mles has no join acknowledgement: a refused header is closed at once,
-    // so the link counts as up after its first frame or a quiet second.
-    let upTimer: ReturnType<typeof setTimeout> | undefined;
-    const up = () => {
-      clearTimeout(upTimer);
-      if (this.#ws !== ws || this.state === "connected") return;
-      this.#attempt = 0;
-      this.#setState("connected");
-    };
-    ws.onopen = () => {
-      // `resync_have`: an mles-deno peer replays only what is not in it; mles-rs ignores it.
-      ws.send(JSON.stringify({ uid, channel: this.channel, auth, resync_have: have }));
-      upTimer = setTimeout(up, 1000);
-      void this.#pushMissing(ws, ours, auth);
-    };
-    ws.onmessage = (ev) => {
-      up();
-      const frame: Frame = typeof ev.data === "string"
-        ? { kind: "text", data: ev.data }
-        : { kind: "binary", data: new Uint8Array(ev.data as ArrayBuffer) };
-      this.#sent.seen(frame.kind, frame.data); // never send it back to this peer
-      this.#link?.receive(frame, (f) => this.#membership?.publish(f));
-    };
-    ws.onerror = () => {};
-    ws.onclose = (ev) => {
-      clearTimeout(upTimer);
-      if (this.#ws === ws) this.#ws = undefined;
-      if (this.#stopped) return;
-      const refused = ev.code === 1008 || ev.code === 1002 || ev.code === 1003;
-      this.#setState(refused ? "refused" : "down", { code: ev.code, reason: ev.reason });
-      this.#retry();
-    };
+    if (this.#stopped) {
+      // Stopped while acquiring: stop() could not give back what it did not hold yet.
+      if (mine) await lease.release(this.#leaseName).catch(() => {});
+      return false;
+    }
+    if (!mine) return false;
+    clearInterval(this.#leaseTimer);
+    this.#leaseTimer = setInterval(async () => {
+      const still = await lease.acquire(this.#leaseName, LEASE_MS).catch(() => false);
+      if (!still && !this.#stopped) {
+        // Another isolate took over: step back and wait for the lease again.
+        clearInterval(this.#leaseTimer);
+        this.#membership?.leave();
+        this.#membership = undefined;
+        this.#link.drop();
+      }
+    }, LEASE_MS / 3);
+    return true;
   }
 
   /** Asks an mles-deno peer what it holds and sends only what it lacks; a plain peer is left alone. */
-  async #pushMissing(ws: WebSocket, ours: Frame[], auth: string): Promise<void> {
+  async #pushMissing(connection: number, ours: Frame[]): Promise<void> {
+    const { uid, peerKey } = this.#opts;
     let theirs: string | undefined;
     try {
       const res = await fetch(syncUrl(this.peer), {
         method: "POST",
         headers: { "content-type": "application/json" },
-        body: JSON.stringify({ uid: this.#opts.uid, channel: this.channel, auth }),
+        body: JSON.stringify({
+          uid,
+          channel: this.channel,
+          auth: mlesAuth(uid, this.channel, peerKey),
+        }),
         signal: AbortSignal.timeout(10_000),
       });
       const body = res.ok ? await res.json().catch(() => undefined) : await res.body?.cancel();
       if (body?.v === 1 && typeof body.have === "string") theirs = body.have;
     } catch (err) {
-      this.#opts.log.debug("peer sync unavailable", { peer: this.peer, error: err });
+      this.#opts.log.debug("peer sync unavailable", { peer: this.peer, error: errorText(err) });
     }
-    if (theirs === undefined || this.#ws !== ws || ws.readyState !== WebSocket.OPEN) return;
-    const send = (f: Frame) => {
-      if (!this.#sent.seen(f.kind, f.data)) ws.send(f.data as string);
-    };
-    this.#link?.sendMissing(ours, theirs, send);
+    if (theirs === undefined || this.#link.connection !== connection || !this.#link.open) return;
+    this.#check.sendMissing(ours, theirs, (f) => {
+      // Checked before the window: a frame for a closed socket must not count as sent on the next.
+      if (this.#link.connection !== connection) throw new Error("The peer link closed");
+      if (this.#sent.firstSight(f.kind, f.data)) this.#sendOn(connection, f);
+    });
   }
-}
-
-/** A {@link Lease} in Deno KV: the holder and deadline live in the value (an expired row may stay readable). */
-export class KvLease implements Lease {
-  readonly #kv: Deno.Kv;
-  readonly #owner: string;
-
-  constructor(kv: Deno.Kv, owner: string) {
-    this.#kv = kv;
-    this.#owner = owner;
-  }
-
-  async acquire(name: string, ms: number): Promise<boolean> {
-    const key = ["mles", "lease", await leaseKey(name)];
-    for (let attempt = 0; attempt < 5; attempt++) {
-      const cur = await this.#kv.get<{ owner: string; until: number }>(key, {
-        consistency: "strong",
-      });
-      const now = Date.now();
-      if (cur.value && cur.value.owner !== this.#owner && cur.value.until > now) return false;
-      try {
-        const res = await this.#kv.atomic()
-          .check(cur)
-          .set(key, { owner: this.#owner, until: now + ms }, { expireIn: ms * 4 })
-          .commit();
-        if (res.ok) return true;
-      } catch (err) {
-        // `database is locked` with several SQLite handles: back off and retry.
-        if (!(err instanceof Error && /locked|busy/i.test(err.message))) throw err;
-        await new Promise((r) => setTimeout(r, 5 * 2 ** attempt));
-      }
-    }
-    return false;
-  }
-
-  async release(name: string): Promise<void> {
-    const key = ["mles", "lease", await leaseKey(name)];
-    const cur = await this.#kv.get<{ owner: string }>(key, { consistency: "strong" });
-    if (cur.value?.owner === this.#owner) await this.#kv.atomic().check(cur).delete(key).commit();
-  }
-}
-
-async function leaseKey(name: string): Promise<string> {
-  const d = new Uint8Array(
-    await crypto.subtle.digest("SHA-256", new TextEncoder().encode(name)),
-  );
-  return Array.from(d.subarray(0, 16), (b) => b.toString(16).padStart(2, "0")).join("");
 }

@@ -23,17 +23,22 @@
  * batch of up to 10 frames (a frame the window already knows costs nothing);
  * leaving, one mutation in a blind commit per batch of up to 500 frames per
  * isolate. Without KV (`MLES_BUS=memory`), the window alone (one isolate).
- * Imports: dedupe, frame, kv_keys, retry.
+ * Imports: dedupe, frame (type), kv_keys, retry.
  */
 import { Dedupe } from "./dedupe.ts";
 import type { Frame } from "./frame.ts";
 import { channelKey, peerFrameKey } from "./kv_keys.ts";
-import { isDatabaseLocked, sleep } from "./retry.ts";
+import { type BackoffOptions, errorText, isDatabaseLocked, retry } from "./retry.ts";
 
 /** Settings of {@link PeerDedup}. */
 export interface PeerDedupOptions {
-  /** Shared KV; without it the check is this isolate's window only. */
-  readonly kv?: Deno.Kv;
+  /**
+   * The KV every isolate of the deployment shares. Required: pass undefined
+   * only where there is one isolate (`MLES_BUS=memory`), since without it
+   * the check is this isolate's window alone and isolates would forward
+   * each other's frames back.
+   */
+  readonly kv: Deno.Kv | undefined;
   /** Frames remembered per channel window (default 10,000). */
   readonly windowSize?: number;
   /** How long a frame row stays in KV (default 1 h). */
@@ -42,6 +47,14 @@ export interface PeerDedupOptions {
 }
 
 const encoder = new TextEncoder();
+
+/** Between KV attempts: 2 ms doubling to 200 ms, jittered by half. */
+const BACKOFF: BackoffOptions = { minMs: 2, maxMs: 200, jitter: 0.5 };
+/** `database is locked` is retried this many times before giving up. */
+const LOCKED_RETRIES = 12;
+
+/** A checked commit lost to another isolate's write: read again. */
+class Conflict extends Error {}
 
 /**
  * A frame's identity across isolates and servers: base64url of the first
@@ -84,7 +97,7 @@ export class PeerDedup {
   /** Counters for tests and benchmarks. */
   readonly stats = { admitted: 0, dropped: 0, kvCommits: 0, kvReads: 0 };
 
-  constructor(options: PeerDedupOptions = {}) {
+  constructor(options: PeerDedupOptions) {
     this.#kv = options.kv;
     this.#windowSize = options.windowSize ?? 10_000;
     this.#rowTtlMs = options.rowTtlMs ?? 3_600_000;
@@ -114,7 +127,7 @@ export class PeerDedup {
 
   /** Records a frame the channel holds (history or live): it is never admitted from a peer. */
   know(channel: string, frame: Frame): void {
-    this.#windows.get(channel)?.win.seen(frame.kind, frame.data);
+    this.#windows.get(channel)?.win.firstSight(frame.kind, frame.data);
   }
 
   /**
@@ -124,7 +137,7 @@ export class PeerDedup {
    */
   admit(channel: string, frame: Frame): Promise<boolean> {
     const w = this.#windows.get(channel);
-    if (w && w.win.seen(frame.kind, frame.data)) {
+    if (w && !w.win.firstSight(frame.kind, frame.data)) {
       this.stats.dropped++;
       return Promise.resolve(false);
     }
@@ -169,9 +182,7 @@ export class PeerDedup {
           verdict = await this.#checkAndSet(rows);
         } catch (err) {
           // KV is not answering: admit (a duplicate beats a lost frame), say so.
-          this.#warn("peer duplicate check without KV", {
-            error: err instanceof Error ? err.message : String(err),
-          });
+          this.#warn("peer duplicate check without KV", { error: errorText(err) });
           verdict = batch.map(() => true);
         }
         batch.forEach((p, i) => {
@@ -186,31 +197,33 @@ export class PeerDedup {
   }
 
   /** For each row: true if it was absent and is now written by us, false if present. */
-  async #checkAndSet(rows: Deno.KvKey[]): Promise<boolean[]> {
+  #checkAndSet(rows: Deno.KvKey[]): Promise<boolean[]> {
     const kv = this.#kv!;
-    for (let attempt = 0;; attempt++) {
-      try {
-        this.stats.kvReads++;
-        const cur = await kv.getMany<unknown[]>(rows, { consistency: "strong" });
-        const op = kv.atomic();
-        const fresh = cur.map((e) => e.versionstamp === null);
-        // The same frame twice in one batch: only the first is new.
-        const seen = new Set<string>();
-        rows.forEach((k, i) => {
-          const id = JSON.stringify(k);
-          if (seen.has(id)) fresh[i] = false;
-          seen.add(id);
-          if (fresh[i]) op.check(cur[i]).set(k, 1, { expireIn: this.#rowTtlMs });
-        });
-        if (!fresh.some((f) => f)) return fresh;
-        this.stats.kvCommits++;
-        if ((await op.commit()).ok) return fresh;
-        // Another isolate wrote one of them meanwhile: read again.
-      } catch (err) {
-        if (!isDatabaseLocked(err) || attempt >= 12) throw err;
-      }
-      await sleep(Math.min(200, 2 * 2 ** attempt) * (0.5 + Math.random()));
-    }
+    let locked = 0;
+    return retry(async () => {
+      this.stats.kvReads++;
+      const cur = await kv.getMany<unknown[]>(rows, { consistency: "strong" });
+      const op = kv.atomic();
+      const fresh = cur.map((e) => e.versionstamp === null);
+      // The same frame twice in one batch: only the first is new.
+      const seen = new Set<string>();
+      rows.forEach((k, i) => {
+        const id = JSON.stringify(k);
+        if (seen.has(id)) fresh[i] = false;
+        seen.add(id);
+        if (fresh[i]) op.check(cur[i]).set(k, 1, { expireIn: this.#rowTtlMs });
+      });
+      if (!fresh.some((f) => f)) return fresh;
+      this.stats.kvCommits++;
+      if ((await op.commit()).ok) return fresh;
+      throw new Conflict("another isolate wrote a frame row meanwhile");
+    }, {
+      ...BACKOFF,
+      what: "Cannot check peer frame rows",
+      // A lost check is read again for as long as it takes; a locked file only so often.
+      shouldRetry: (err) =>
+        err instanceof Conflict || (isDatabaseLocked(err) && ++locked <= LOCKED_RETRIES),
+    });
   }
 
   async #flushMarks(): Promise<void> {
@@ -219,22 +232,20 @@ export class PeerDedup {
       while (this.#markQueue.length > 0) {
         const batch = this.#markQueue.splice(0, 500);
         const rows = await Promise.all(batch.map((p) => this.#rowKey(p)));
-        for (let attempt = 0;; attempt++) {
-          try {
+        try {
+          await retry(async () => {
             const op = this.#kv!.atomic();
             for (const k of rows) op.set(k, 1, { expireIn: this.#rowTtlMs });
             this.stats.kvCommits++;
             await op.commit();
-            break;
-          } catch (err) {
-            if (!isDatabaseLocked(err) || attempt >= 12) {
-              this.#warn("peer frame rows not stored", {
-                error: err instanceof Error ? err.message : String(err),
-              });
-              break;
-            }
-            await sleep(Math.min(200, 2 * 2 ** attempt) * (0.5 + Math.random()));
-          }
+          }, {
+            ...BACKOFF,
+            what: "Cannot store peer frame rows",
+            maxAttempts: LOCKED_RETRIES + 1,
+            shouldRetry: isDatabaseLocked,
+          });
+        } catch (err) {
+          this.#warn("peer frame rows not stored", { error: errorText(err) });
         }
         for (const p of batch) p.done();
       }

@@ -16,9 +16,10 @@
  * - {@link MemorySessionClaims}: a set in this isolate's memory, for
  *   `MLES_BUS=memory` (one isolate, no KV).
  *
- * Imports: kv_keys.
+ * Imports: kv_keys, retry.
  */
 import { claimOwnerKey, sessionClaimKey } from "./kv_keys.ts";
+import { type BackoffOptions, errorText, isDatabaseLocked, retry, sleep } from "./retry.ts";
 
 /** Who holds which session identity; the session layer asks before joining. */
 export interface SessionClaims {
@@ -123,12 +124,13 @@ async function identityHash(identity: string): Promise<string> {
   return btoa(bin).replaceAll("+", "-").replaceAll("/", "_").replace(/=+$/, "");
 }
 
-function isLocked(err: unknown): boolean {
-  return err instanceof Error &&
-    /database is locked|database is busy|SQLITE_BUSY/i.test(err.message);
-}
+/** Between attempts to claim: 2 ms doubling to 200 ms, jittered by half. */
+const CLAIM_BACKOFF: BackoffOptions = { minMs: 2, maxMs: 200, jitter: 0.5 };
+/** Between attempts of a release or heartbeat commit: 5 ms doubling to 500 ms (a few seconds in all). */
+const COMMIT_BACKOFF: BackoffOptions = { minMs: 5, maxMs: 500, jitter: 0.5 };
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+/** A claim's checks failed: someone wrote the row meanwhile; read again. */
+class Conflict extends Error {}
 
 /** {@link SessionClaims} shared by every isolate on one Deno KV. */
 export class KvSessionClaims implements SessionClaims {
@@ -167,29 +169,31 @@ export class KvSessionClaims implements SessionClaims {
     try {
       const key = sessionClaimKey(await identityHash(identity));
       const deadline = Date.now() + this.#kvTimeoutMs;
-      for (let attempt = 0;; attempt++) {
-        try {
+      let won: string | false;
+      try {
+        won = await retry(async () => {
           const won = await this.#tryClaim(key);
-          if (won === false) return false;
-          if (won !== null) {
-            this.#held.set(identity, { key, versionstamp: won, setAt: Date.now() });
-            this.#startHeartbeat();
-            return true;
-          }
-          // A check failed: someone wrote the row meanwhile; read again.
-        } catch (err) {
-          if (!isLocked(err) || Date.now() > deadline) {
-            // KV is not answering: local delivery must not depend on it, so the
-            // join goes ahead with this isolate's check only (logged).
-            this.#warn("session claim without KV: checked on this isolate only", {
-              error: err instanceof Error ? err.message : String(err),
-            });
-            this.#held.set(identity, { key, versionstamp: null, setAt: Date.now() });
-            return true;
-          }
-        }
-        await sleep(Math.min(200, 2 * 2 ** attempt) * (0.5 + Math.random()));
+          if (won === null) throw new Conflict("the claim row changed meanwhile");
+          return won;
+        }, {
+          ...CLAIM_BACKOFF,
+          what: "Cannot claim the session in KV",
+          shouldRetry: (err) =>
+            err instanceof Conflict || (isDatabaseLocked(err) && Date.now() <= deadline),
+        });
+      } catch (err) {
+        // KV is not answering: local delivery must not depend on it, so the
+        // join goes ahead with this isolate's check only (logged).
+        this.#warn("session claim without KV: checked on this isolate only", {
+          error: errorText(err),
+        });
+        this.#held.set(identity, { key, versionstamp: null, setAt: Date.now() });
+        return true;
       }
+      if (won === false) return false;
+      this.#held.set(identity, { key, versionstamp: won, setAt: Date.now() });
+      this.#startHeartbeat();
+      return true;
     } finally {
       this.#pending.delete(identity);
     }
@@ -244,8 +248,12 @@ export class KvSessionClaims implements SessionClaims {
       }));
     }
     this.#track(this.#commit(() => this.#kv.atomic().delete(claimOwnerKey(this.#owner))));
-    const deadline = sleep(2_000);
-    await Promise.race([Promise.allSettled([...this.#tasks]), deadline]);
+    const settled = new AbortController();
+    await Promise.race([
+      Promise.allSettled([...this.#tasks]).then(() => settled.abort()),
+      sleep(2_000, settled.signal),
+    ]);
+    settled.abort(); // clears the bound's timer
   }
 
   #startHeartbeat(): void {
@@ -292,23 +300,17 @@ export class KvSessionClaims implements SessionClaims {
 
   /** Commits `build()`, retrying `database is locked` with backoff (a few seconds at most). */
   async #commit(build: () => Deno.AtomicOperation): Promise<void> {
-    for (let attempt = 0;; attempt++) {
-      try {
-        await build().commit();
-        return;
-      } catch (err) {
-        if (!isLocked(err) || attempt >= 12) throw err;
-        await sleep(Math.min(500, 5 * 2 ** attempt) * (0.5 + Math.random()));
-      }
-    }
+    await retry(() => build().commit(), {
+      ...COMMIT_BACKOFF,
+      what: "Cannot commit session claims",
+      maxAttempts: 13,
+      shouldRetry: isDatabaseLocked,
+    });
   }
 
   #track(p: Promise<unknown>): void {
-    const t = p.catch((err) =>
-      this.#warn("session claim store failed", {
-        error: err instanceof Error ? err.message : String(err),
-      })
-    ).finally(() => this.#tasks.delete(t));
+    const t = p.catch((err) => this.#warn("session claim store failed", { error: errorText(err) }))
+      .finally(() => this.#tasks.delete(t));
     this.#tasks.add(t);
   }
 }

@@ -17,7 +17,7 @@ Deno.test("peering: a bridge stopped during its local join leaves no member", as
   const gate = new PeerGate({
     peered: true,
     peerKey: undefined,
-    dedup: new PeerDedup(),
+    dedup: new PeerDedup({ kv: undefined }),
     history: () => Promise.resolve([]),
   });
   // The bridge joins at once (no lease): its join is pending when close() runs.
