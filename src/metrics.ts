@@ -1,13 +1,47 @@
 /**
  * @module
- * This isolate's counters, rendered in the Prometheus text format for
- * `GET /metrics`. Counters only go up; gauges are read from their owners at
- * render time. Every series carries `isolate` so scrapes of a deployment with
- * many isolates can be told apart. The latency histogram comes from
- * prom-client; plain counters stay plain fields (they sit on the per-frame
- * path). Imports: npm:prom-client.
+ * This isolate's counters, rendered in the Prometheus text format (version
+ * 0.0.4) for `GET /metrics`. One mechanism for every series: plain fields
+ * and maps written here, no metrics library (prom-client served one
+ * histogram beside these; the counters sit on the per-frame path, where a
+ * field increment is the cheapest thing there is). Counters only go up;
+ * gauges are read from their owners at render time. Every series carries
+ * `isolate` so scrapes of a deployment with many isolates can be told
+ * apart. Imports nothing.
  */
-import { Histogram, Registry } from "prom-client";
+
+/** A Prometheus histogram: cumulative buckets by upper bound, plus sum and count. */
+class Histogram {
+  readonly #bounds: readonly number[];
+  readonly #counts: number[];
+  #sum = 0;
+  #count = 0;
+
+  constructor(bounds: readonly number[]) {
+    this.#bounds = bounds;
+    this.#counts = bounds.map(() => 0);
+  }
+
+  observe(value: number): void {
+    const i = this.#bounds.findIndex((b) => value <= b);
+    if (i >= 0) this.#counts[i]++;
+    this.#sum += value;
+    this.#count++;
+  }
+
+  /** The exposition lines of series `name` with labels `l` (already rendered). */
+  lines(name: string, help: string, l: string): string[] {
+    const out = [`# HELP ${name} ${help}`, `# TYPE ${name} histogram`];
+    let cumulative = 0;
+    this.#bounds.forEach((b, i) => {
+      cumulative += this.#counts[i];
+      out.push(`${name}_bucket{${l},le="${b}"} ${cumulative}`);
+    });
+    out.push(`${name}_bucket{${l},le="+Inf"} ${this.#count}`);
+    out.push(`${name}_sum{${l}} ${this.#sum}`, `${name}_count{${l}} ${this.#count}`);
+    return out;
+  }
+}
 
 /** Monotonic counters, incremented where things happen. */
 export class Metrics {
@@ -39,21 +73,29 @@ export class Metrics {
   abandonedSockets = 0;
   /** TCP connections closed at accept (descriptor budget or per-address share; node_server.ts). */
   refusedSockets = 0;
+  /** Joins and frames refused, by WebSocket close code. */
   readonly rejected = new Map<string, number>();
+  /** WebSocket upgrades refused before a socket existed, by HTTP status. */
+  readonly refusedUpgrades = new Map<string, number>();
   readonly dropped = new Map<string, number>();
 
-  readonly #registry = new Registry();
-  readonly #commitSeconds: Histogram;
+  readonly #commitSeconds = new Histogram([
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+  ]);
 
   constructor(isolate: string) {
     this.isolate = isolate;
-    this.#registry.setDefaultLabels({ isolate });
-    this.#commitSeconds = new Histogram({
-      name: "mles_kv_commit_seconds",
-      help: "Latency of KV commits made by the bus (appends and chunk writes)",
-      buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
-      registers: [this.#registry],
-    });
   }
 
   /** Records one KV commit's latency. */
@@ -61,10 +103,17 @@ export class Metrics {
     this.#commitSeconds.observe(seconds);
   }
 
-  /** Counts a refused join or frame by close code. */
+  /**
+   * Counts a refusal. A WebSocket close code (1000 and up: a refused join or
+   * frame) counts in `mles_rejections_total{code}`; an HTTP status (below
+   * 1000: an upgrade refused before any socket existed) counts in
+   * `mles_upgrade_refusals_total{status}`. The two numbering spaces never
+   * overlap, so one call site per refusal is enough.
+   */
   reject(code: number): void {
+    const map = code >= 1000 ? this.rejected : this.refusedUpgrades;
     const k = String(code);
-    this.rejected.set(k, (this.rejected.get(k) ?? 0) + 1);
+    map.set(k, (map.get(k) ?? 0) + 1);
   }
 
   /** Counts a member the hub dropped (slow or failed send) by close code. */
@@ -74,7 +123,7 @@ export class Metrics {
   }
 
   /** Prometheus text exposition (version 0.0.4) with the given gauges appended. */
-  async render(gauges: Record<string, { help: string; value: number }>): Promise<string> {
+  render(gauges: Record<string, { help: string; value: number }>): Promise<string> {
     const l = `isolate="${this.isolate}"`;
     const out: string[] = [];
     const counter = (name: string, help: string, value: number) => {
@@ -140,17 +189,35 @@ export class Metrics {
       this.refusedSockets,
     );
     for (
-      const [name, map, help] of [
-        ["mles_rejections_total", this.rejected, "Joins or frames refused, by close code"],
-        ["mles_dropped_members_total", this.dropped, "Members dropped by the hub, by close code"],
+      const [name, map, label, help] of [
+        ["mles_rejections_total", this.rejected, "code", "Joins or frames refused, by close code"],
+        [
+          "mles_upgrade_refusals_total",
+          this.refusedUpgrades,
+          "status",
+          "WebSocket upgrades refused (no socket opened), by HTTP status",
+        ],
+        [
+          "mles_dropped_members_total",
+          this.dropped,
+          "code",
+          "Members dropped by the hub, by close code",
+        ],
       ] as const
     ) {
       out.push(`# HELP ${name} ${help}`, `# TYPE ${name} counter`);
-      for (const [code, n] of map) out.push(`${name}{${l},code="${code}"} ${n}`);
+      for (const [k, n] of map) out.push(`${name}{${l},${label}="${k}"} ${n}`);
     }
+    out.push(
+      ...this.#commitSeconds.lines(
+        "mles_kv_commit_seconds",
+        "Latency of KV commits made by the bus (appends and chunk writes)",
+        l,
+      ),
+    );
     for (const [name, g] of Object.entries(gauges)) {
       out.push(`# HELP ${name} ${g.help}`, `# TYPE ${name} gauge`, `${name}{${l}} ${g.value}`);
     }
-    return out.join("\n") + "\n" + await this.#registry.metrics();
+    return Promise.resolve(out.join("\n") + "\n");
   }
 }

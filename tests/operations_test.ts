@@ -29,6 +29,11 @@ Deno.test("metrics: /metrics is Prometheus text with counters for frames, KV and
   await b.next();
   await using bad = await TestClient.open(s.wsUrl, "not json");
   await bad.waitClosed();
+  // An upgrade without the subprotocol: an HTTP status, counted apart from close codes.
+  const refused = await fetch(new URL("/", s.url), {
+    headers: { upgrade: "websocket", connection: "Upgrade", "sec-websocket-version": "13" },
+  });
+  await refused.body?.cancel();
   const res = await fetch(new URL("/metrics", s.url));
   assert.equal(res.status, 200);
   assert.match(res.headers.get("content-type")!, /^text\/plain; version=0\.0\.4/);
@@ -48,6 +53,14 @@ Deno.test("metrics: /metrics is Prometheus text with counters for frames, KV and
   assert.match(body, /^mles_frames_in_total\{isolate="[^"]+"\} 1$/m);
   assert.match(body, /^mles_frames_out_total\{isolate="[^"]+"\} 1$/m);
   assert.match(body, /^mles_rejections_total\{isolate="[^"]+",code="1002"\} 1$/m);
+  assert.doesNotMatch(body, /^mles_rejections_total\{[^}]*code="[1-9]\d{2}"\}/m);
+  assert.match(
+    body,
+    new RegExp(
+      `^mles_upgrade_refusals_total\\{isolate="[^"]+",status="${refused.status}"\\} 1$`,
+      "m",
+    ),
+  );
   assert.match(body, /^mles_kv_commit_seconds_count\{isolate="[^"]+"\} [1-9]/m);
   assert.match(body, /^mles_members\{isolate="[^"]+"\} 2$/m);
 });
