@@ -7,6 +7,7 @@
  * tell it is ready. Imports: load_core.mjs only.
  */
 import { scrapeMetrics } from "./load_core.mjs";
+import { errorText } from "../src/retry.ts";
 
 /** Repository root (bench/..). */
 export const ROOT = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
@@ -55,7 +56,7 @@ async function run(
       new TextDecoder().decode(o.stderr);
     return { ok: o.success, out: out.trim() };
   } catch (err) {
-    return { ok: false, out: err instanceof Error ? err.message : String(err) };
+    return { ok: false, out: errorText(err) };
   }
 }
 
@@ -141,7 +142,9 @@ export async function candidates(
       skip: !nodeOk
         ? "node not found"
         : installErrors[`${BENCH}/baselines`]
-        ? `npm ci in bench/baselines failed: ${installErrors[`${BENCH}/baselines`]}`
+        ? `npm ci in bench/baselines failed: ${
+          installErrors[`${BENCH}/baselines`]
+        }`
         : undefined,
       cmd: () => ["node", "bench/baselines/node_relay.mjs"],
       env: (port) => ({ PORT: String(port) }),
@@ -179,7 +182,9 @@ export async function candidates(
     {
       name: "ours-multi",
       skip: oursSkip ??
-        (exists(`${ROOT}/scripts/start_multi.ts`) ? undefined : "scripts/start_multi.ts missing"),
+        (exists(`${ROOT}/scripts/start_multi.ts`)
+          ? undefined
+          : "scripts/start_multi.ts missing"),
       cmd: () => [deno, "task", "--quiet", "start:multi"],
       // start:multi may only write under .data/ (its --allow-write=.data).
       env: (port) => ({
@@ -191,7 +196,8 @@ export async function candidates(
         MLES_CHANNEL_RATE: "0",
         DENO_JOBS: "2",
       }),
-      cleanup: (port) => removeGlob(`${ROOT}/.data`, `bench-kv-${port}.sqlite3`),
+      cleanup: (port) =>
+        removeGlob(`${ROOT}/.data`, `bench-kv-${port}.sqlite3`),
       metrics: (port) => `http://127.0.0.1:${port}/metrics`,
       isolates: 2,
     },

@@ -11,6 +11,7 @@
  * Forwards SIGINT/SIGTERM to the server and exits with it.
  */
 import { dirname, resolve } from "node:path";
+import { errorText } from "../src/retry.ts";
 
 const env = Deno.env.toObject();
 const port = env.PORT ?? "8000";
@@ -31,7 +32,7 @@ if (!remote) {
   } catch (err) {
     console.error(
       `Cannot start: cannot create the folder of MLES_KV=${JSON.stringify(kvPath)} (${dir}): ${
-        err instanceof Error ? err.message : err
+        errorText(err)
       }`,
     );
     Deno.exit(1);

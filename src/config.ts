@@ -2,10 +2,12 @@
  * @module
  * Turns the environment (Deno Deploy has no command line) into one frozen,
  * typed {@link Config}. Nothing else reads `Deno.env`. Every error names the
- * variable, the accepted range and the value it got. Imports: npm:zod only.
+ * variable, the accepted range and the value it got.
+ * Imports: node:util (parseArgs), npm:zod, retry (errorText).
  */
 import { parseArgs } from "node:util";
 import { z } from "zod";
+import { errorText } from "./retry.ts";
 
 /** Validated server settings; see README "Configuration" for each one. */
 export interface Config {
@@ -287,9 +289,7 @@ export function configFromArgs(args: string[]): Record<string, string> {
     }));
   } catch (err) {
     throw new ConfigError(
-      `Cannot start: ${
-        err instanceof Error ? err.message : err
-      } (known flags: --port, --limit, --key, --kv)`,
+      `Cannot start: ${errorText(err)} (known flags: --port, --limit, --key, --kv)`,
     );
   }
   const env: Record<string, string> = {};
