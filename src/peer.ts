@@ -29,7 +29,8 @@
  *   jitter, logged once per state change, and never blocks local delivery.
  * - No bridge leaks a hub member: a bridge stopped during its lease or its
  *   local join leaves (and gives the lease back) as soon as that settles.
- * Imports: hub (type), auth, dedupe, frame, header, close (type), log (type), peer_dedup.
+ * Imports: auth, close (type), dedupe, frame (type), header, hub (type),
+ * lease (type), link, log (type), peer_dedup, retry.
  */
 import { mlesAuth, verifyAuth } from "./auth.ts";
 import type { Close } from "./close.ts";

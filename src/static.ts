@@ -7,8 +7,8 @@
  * no way out of the root (dot segments, encoded and double-encoded
  * separators, backslashes, NUL and symlinks whose real path leaves the real
  * root are all refused). Uses only read-only file-system calls, so it runs
- * on Deno Deploy where the deployed code is read-only. Imports: node:zlib
- * and node:path only.
+ * on Deno Deploy where the deployed code is read-only.
+ * Imports: node:path, node:zlib.
  */
 import { brotliCompressSync, constants as zlib, gzipSync } from "node:zlib";
 import { join, sep } from "node:path";
@@ -228,7 +228,9 @@ async function sha256Hex(data: Uint8Array): Promise<string> {
  *   characters, malformed percent-encoding, and hidden names (`.env`,
  *   `.git`) except `.well-known`.
  * - Every 200 has `Content-Type` (from the extension; default
- *   `application/octet-stream`), `Content-Length`, a weak `ETag` (from size
+ *   `application/octet-stream`), `Content-Length` (except a GET of a file
+ *   over 8 MiB, which is streamed rather than held in memory, so its length
+ *   is left to the transfer encoding), a weak `ETag` (from size
  *   and mtime, or a SHA-256 of the content when the file system has no
  *   mtime), `Last-Modified` when the mtime is known, `Cache-Control`
  *   (`no-cache` for HTML, `public, max-age=300` otherwise) and
@@ -243,7 +245,8 @@ async function sha256Hex(data: Uint8Array): Promise<string> {
  *   for the same compression); when the result is bigger than a quarter of
  *   `cacheBytes` it is not kept and that version is served uncompressed
  *   from then on, never recompressed per request.
- * - HEAD answers the same headers as GET, without a body.
+ * - HEAD answers the same headers as GET, without a body (for a file over
+ *   8 MiB it also gives the `Content-Length` that the streamed GET omits).
  * - Only reads the file system (`realPath`, `stat`, `open`/`readFile`).
  *
  * Needs read permission for the root. Never throws; an I/O error on a
