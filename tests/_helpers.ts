@@ -5,6 +5,8 @@
  * client whose `next()` awaits the next frame with a deadline. Everything is
  * `await using`-disposable so sockets, servers and KV handles never leak.
  */
+import { setFlagsFromString } from "node:v8";
+import { runInNewContext } from "node:vm";
 import { loadConfig } from "../src/config.ts";
 import type { Logger } from "../src/log.ts";
 import { createServer, type Server } from "../src/server.ts";
@@ -201,17 +203,51 @@ export function header(
   return { uid, channel, ...extra };
 }
 
+/**
+ * Polls `cond` (sync or async) every few ms; resolves true once it holds,
+ * false once `ms` have passed without it. The one polling loop of the tests:
+ * {@link waitFor} is this with a rejection.
+ */
+export async function eventually(
+  cond: () => boolean | Promise<boolean>,
+  ms: number,
+): Promise<boolean> {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    if (await cond()) return true;
+    if (Date.now() > deadline) return false;
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
 /** Polls `cond` every few ms until it holds; rejects after `ms` naming `what`. */
 export async function waitFor(
-  cond: () => boolean,
+  cond: () => boolean | Promise<boolean>,
   what: string,
   ms = 5000,
 ): Promise<void> {
+  if (!await eventually(cond, ms)) throw new Error(`timed out waiting for ${what}`);
+}
+
+/**
+ * Reads frames from `c` until `done(kept)` holds, keeping those `keep`
+ * accepts (default: all); rejects after `ms` saying how many it kept.
+ */
+export async function collect(
+  c: TestClient,
+  done: (frames: Received[]) => boolean,
+  ms = 20_000,
+  keep: (frame: Received) => boolean = () => true,
+): Promise<Received[]> {
+  const frames: Received[] = [];
   const deadline = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 5));
+  while (!done(frames)) {
+    const left = deadline - Date.now();
+    if (left <= 0) throw new Error(`timed out after ${frames.length} frames`);
+    const f = await c.next(left);
+    if (keep(f)) frames.push(f);
   }
+  return frames;
 }
 
 /** Clients opened together and closed together. */
@@ -369,19 +405,44 @@ export interface Proc {
   stop(): Promise<void>;
 }
 
-/** A port that was free a moment ago (for processes that must know their peers' ports). */
+/** Ports this test process has handed out: never handed out twice. */
+const handedOut = new Set<number>();
+
+/**
+ * A port that was free a moment ago, for a process that must know its
+ * peers' ports before it starts. Never the same port twice in one test
+ * process; another process may still take it before the child binds, so
+ * {@link startProcess} retries on a fresh port when it picked the port.
+ */
 export function freePort(): number {
-  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (l.addr as Deno.NetAddr).port;
-  l.close();
-  return port;
+  for (;;) {
+    const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    const port = (l.addr as Deno.NetAddr).port;
+    l.close();
+    if (handedOut.has(port)) continue;
+    handedOut.add(port);
+    return port;
+  }
 }
 
-/** Starts `deno task start` with `env` on `port`; resolves once it listens (or rejects with its log). */
-export async function startProcess(
-  env: Record<string, string>,
-  port = freePort(),
-): Promise<Proc> {
+/**
+ * Starts `deno task start` with `env` on `port`; resolves once it listens
+ * (or rejects with its log). Without a `port`, picks one with
+ * {@link freePort} and, if another process took it meanwhile, tries again
+ * on a fresh one (at most 3 times).
+ */
+export async function startProcess(env: Record<string, string>, port?: number): Promise<Proc> {
+  if (port !== undefined) return await startProcessOn(env, port);
+  for (let attempt = 1;; attempt++) {
+    try {
+      return await startProcessOn(env, freePort());
+    } catch (err) {
+      if (attempt >= 3 || !/AddrInUse|address already in use/i.test(String(err))) throw err;
+    }
+  }
+}
+
+async function startProcessOn(env: Record<string, string>, port: number): Promise<Proc> {
   const child = new Deno.Command(Deno.execPath(), {
     args: ["task", "--quiet", "start"],
     cwd: new URL("..", import.meta.url).pathname,
@@ -427,4 +488,43 @@ export async function startProcess(
     throw err;
   }
   return proc;
+}
+
+/**
+ * A full V8 garbage collection, so memory readings compare live memory, not
+ * GC timing. `--expose-gc` cannot be passed to `deno test` from inside a test
+ * file, but V8 honours it at run time for contexts created afterwards (the
+ * Node idiom). A no-op if the runtime refuses.
+ */
+export const gc: () => void = (() => {
+  try {
+    setFlagsFromString("--expose-gc");
+    const fn = runInNewContext("gc");
+    if (typeof fn === "function") return fn as () => void;
+  } catch { /* no run-time GC: readings after a settle only */ }
+  return () => {};
+})();
+
+/**
+ * RSS after a full GC, the lowest of four readings 100 ms apart: the
+ * allocator returns freed pages lazily, and no event says it has. A
+ * measurement, not a wait for something to happen.
+ */
+export async function settledRss(): Promise<number> {
+  let rss = Infinity;
+  for (let k = 0; k < 4; k++) {
+    gc();
+    await new Promise((r) => setTimeout(r, 100));
+    rss = Math.min(rss, Deno.memoryUsage().rss);
+  }
+  return rss;
+}
+
+/** Reads a gauge (or counter) of this isolate from GET /metrics; the body is always consumed. */
+export async function gauge(s: TestServer, name: string): Promise<number> {
+  const res = await fetch(new URL("/metrics", s.url));
+  const body = await res.text();
+  const m = body.match(new RegExp(`^${name}\\{[^}]*\\} (\\d+)$`, "m"));
+  if (!m) throw new Error(`${name} not in /metrics`);
+  return Number(m[1]);
 }

@@ -17,14 +17,14 @@
  * server's parser), so a disagreement is a finding.
  */
 import assert from "node:assert/strict";
-import { setFlagsFromString } from "node:v8";
-import { runInNewContext } from "node:vm";
 import {
   clientTextFrame,
+  eventually,
+  gauge,
   header,
+  settledRss,
   startServer,
   TestClient,
-  type TestServer,
   upgradeRequest,
   waitFor,
 } from "./_helpers.ts";
@@ -100,51 +100,6 @@ class Rng {
 /** The generator of garbage socket `index` in a run with `seed`. */
 function socketRng(seed: number, index: number): Rng {
   return new Rng((seed ^ Math.imul(index + 1, 0x9e3779b1)) >>> 0);
-}
-
-/**
- * A full V8 garbage collection, so memory readings compare live memory, not
- * GC timing. `--expose-gc` cannot be passed to `deno test` from inside a test
- * file, but V8 honours it at run time for contexts created afterwards (the
- * Node idiom). A no-op if the runtime refuses.
- */
-const gc: () => void = (() => {
-  try {
-    setFlagsFromString("--expose-gc");
-    const fn = runInNewContext("gc");
-    if (typeof fn === "function") return fn as () => void;
-  } catch { /* no run-time GC: readings after a settle only */ }
-  return () => {};
-})();
-
-/** RSS after a full GC and a short settle (lowest of a few readings). */
-async function settledRss(): Promise<number> {
-  let rss = Infinity;
-  for (let k = 0; k < 4; k++) {
-    gc();
-    await sleep(100);
-    rss = Math.min(rss, Deno.memoryUsage().rss);
-  }
-  return rss;
-}
-
-/** Reads a gauge from GET /metrics (the body is always consumed). */
-async function gauge(s: TestServer, name: string): Promise<number> {
-  const res = await fetch(new URL("/metrics", s.url));
-  const body = await res.text();
-  const m = body.match(new RegExp(`^${name}\\{[^}]*\\} (\\d+)$`, "m"));
-  assert.ok(m, `${name} not in /metrics`);
-  return Number(m[1]);
-}
-
-/** Polls an async condition; resolves true once it holds, false after `ms`. */
-async function eventually(cond: () => Promise<boolean>, ms: number): Promise<boolean> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    if (await cond()) return true;
-    if (Date.now() > deadline) return false;
-    await sleep(25);
-  }
 }
 
 /** True if `p` settles within `ms`. Clears its timer either way. */

@@ -5,7 +5,7 @@
  * placement of publisher and member is covered.
  */
 import assert from "node:assert/strict";
-import { header, type Received, startIsolates, TestClient } from "./_helpers.ts";
+import { collect, header, type Received, startIsolates, TestClient } from "./_helpers.ts";
 
 interface Data {
   p: string;
@@ -20,22 +20,6 @@ function data(frames: Received[]): Data[] {
     out.push(JSON.parse(f));
   }
   return out;
-}
-
-/** Reads frames until `done(frames)` holds; fails after `ms` with what was seen. */
-async function collect(
-  c: TestClient,
-  done: (frames: Received[]) => boolean,
-  ms = 20_000,
-): Promise<Received[]> {
-  const frames: Received[] = [];
-  const deadline = Date.now() + ms;
-  while (!done(frames)) {
-    const left = deadline - Date.now();
-    if (left <= 0) throw new Error(`timed out after ${frames.length} frames`);
-    frames.push(await c.next(left));
-  }
-  return frames;
 }
 
 /**

@@ -10,9 +10,7 @@
  * smaller test.
  */
 import assert from "node:assert/strict";
-import { setFlagsFromString } from "node:v8";
-import { runInNewContext } from "node:vm";
-import { header, startServer, TestClient, type TestServer, waitFor } from "./_helpers.ts";
+import { gauge, header, settledRss, startServer, TestClient, waitFor } from "./_helpers.ts";
 
 const CYCLES = Number(Deno.env.get("MLES_SOAK_CYCLES") ?? 20_000);
 const CHANNELS = 200;
@@ -28,41 +26,6 @@ const RSS_BOUND = 64 * MiB;
 const HEAP_BOUND = 16 * MiB;
 
 const mib = (n: number) => `${(n / MiB).toFixed(1)} MiB`;
-
-/**
- * A full V8 garbage collection, so RSS readings compare live memory, not GC
- * timing. `--expose-gc` cannot be passed to `deno test` from inside a test
- * file, but V8 honours it at run time for contexts created afterwards (the
- * Node idiom). Falls back to a no-op if the runtime refuses.
- */
-const gc: () => void = (() => {
-  try {
-    setFlagsFromString("--expose-gc");
-    const fn = runInNewContext("gc");
-    if (typeof fn === "function") return fn as () => void;
-  } catch { /* no run-time GC: readings after a settle only */ }
-  return () => {};
-})();
-
-/** RSS after a full GC and a short settle (lowest of a few readings). */
-async function settledRss(): Promise<number> {
-  let rss = Infinity;
-  for (let k = 0; k < 4; k++) {
-    gc();
-    await new Promise((r) => setTimeout(r, 100));
-    rss = Math.min(rss, Deno.memoryUsage().rss);
-  }
-  return rss;
-}
-
-/** Reads a gauge from GET /metrics (the body is always consumed). */
-async function gauge(s: TestServer, name: string): Promise<number> {
-  const res = await fetch(new URL("/metrics", s.url));
-  const text = await res.text();
-  const m = text.match(new RegExp(`^${name}\\{[^}]*\\} (\\d+)$`, "m"));
-  assert.ok(m, `${name} not in /metrics`);
-  return Number(m[1]);
-}
 
 /** Resolves `p`, or rejects naming `what` after `ms`. */
 async function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
