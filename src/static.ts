@@ -253,45 +253,8 @@ async function sha256Hex(data: Uint8Array): Promise<string> {
  * file resolves to `undefined` like a missing file.
  */
 export function createStaticHandler(options: StaticHandlerOptions): StaticHandler {
-  const cache = new ByteLru(options.cacheBytes ?? 8 << 20);
-  /** Compressions under way, shared by the requests that wait for them. */
-  const packing = new Map<string, Promise<Uint8Array | undefined>>();
-  /** Versions whose compressed form is too big to cache: served as they are (bounded). */
-  const identityOnly = new Set<string>();
-  /**
-   * The compressed bytes for `key`, compressing at most once per file
-   * version and encoding: from the cache, from a compression already under
-   * way, or compressed now. Undefined when the result is too big to keep:
-   * that version is then sent uncompressed, never recompressed per request.
-   */
-  const packed = (key: string, read: () => Promise<Uint8Array>, encoding: Encoding) => {
-    if (identityOnly.has(key)) return Promise.resolve(undefined);
-    const hit = cache.get(key);
-    if (hit) return Promise.resolve(hit);
-    let p = packing.get(key);
-    if (!p) {
-      p = (async () => {
-        try {
-          const body = await read();
-          const out = compress(body, encoding);
-          options.onCompress?.(key.slice(0, key.indexOf("\0")), encoding, body.byteLength);
-          if (cache.fits(out.byteLength)) {
-            cache.set(key, out);
-            return out;
-          }
-          if (identityOnly.size >= 4096) identityOnly.clear();
-          identityOnly.add(key);
-          return undefined;
-        } finally {
-          packing.delete(key);
-        }
-      })();
-      packing.set(key, p);
-    }
-    return p;
-  };
+  const packer = new Packer(options.cacheBytes ?? 8 << 20, options.onCompress);
   let realRoot: string | undefined;
-
   /** The real path of the root, retried on each request until it exists. */
   const rootPath = async (): Promise<string | undefined> => {
     if (realRoot !== undefined) return realRoot;
@@ -303,111 +266,190 @@ export function createStaticHandler(options: StaticHandlerOptions): StaticHandle
       return undefined;
     }
   };
-
-  /** The real path of `path` if it exists inside `root`, else undefined. */
-  const inside = async (root: string, path: string): Promise<string | undefined> => {
-    let real: string;
-    try {
-      real = await Deno.realPath(path);
-    } catch {
-      return undefined;
-    }
-    const prefix = root.endsWith(sep) ? root : root + sep;
-    return real === root || real.startsWith(prefix) ? real : undefined;
-  };
-
   return async (req: Request): Promise<Response | undefined> => {
     if (req.method !== "GET" && req.method !== "HEAD") return undefined;
-    let url: URL;
-    try {
-      url = new URL(req.url);
-    } catch {
-      return undefined;
-    }
-    const segments = segmentsOf(url.pathname);
-    if (!segments) return undefined;
     const root = await rootPath();
     if (!root) return undefined;
-
-    let real = await inside(root, join(root, ...segments));
-    if (!real) return undefined;
-    let info: Deno.FileInfo;
-    try {
-      info = await Deno.stat(real);
-      if (info.isDirectory) {
-        const index = await inside(root, join(real, "index.html"));
-        if (!index) return undefined;
-        if (!url.pathname.endsWith("/")) {
-          // Never an open redirect: segmentsOf refused "//", so this stays a path on this host.
-          return new Response(null, {
-            status: 301,
-            headers: { location: url.pathname + "/" + url.search },
-          });
-        }
-        real = index;
-        info = await Deno.stat(real);
-      }
-    } catch {
-      return undefined;
-    }
-    if (!info.isFile) return undefined;
-
-    const type = CONTENT_TYPES[extensionOf(real)] ?? "application/octet-stream";
-    const mtime = info.mtime && info.mtime.getTime() > 0 ? info.mtime : undefined;
-    const headers = new Headers({
-      "content-type": type,
-      "cache-control": type.startsWith("text/html") ? "no-cache" : "public, max-age=300",
-      "x-content-type-options": "nosniff",
-    });
-    const canCompress = compressible(type) && info.size >= MIN_COMPRESS_BYTES &&
-      info.size <= MAX_BUFFERED_BYTES;
-    if (canCompress) headers.set("vary", "Accept-Encoding");
-    if (mtime) headers.set("last-modified", mtime.toUTCString());
-
-    let body: Uint8Array | undefined;
-    const read = async () => body ??= await Deno.readFile(real);
-    try {
-      const etag = mtime
-        ? `W/"${info.size.toString(36)}-${mtime.getTime().toString(36)}"`
-        : `W/"${await sha256Hex(await read())}"`;
-      headers.set("etag", etag);
-
-      const inm = req.headers.get("if-none-match");
-      const ims = req.headers.get("if-modified-since");
-      // If-None-Match wins over If-Modified-Since when both are sent (RFC 9110 13.2.2).
-      const fresh = inm !== null
-        ? etagMatches(inm, etag)
-        : ims !== null && mtime !== undefined && !Number.isNaN(Date.parse(ims)) &&
-          Math.floor(mtime.getTime() / 1000) * 1000 <= Date.parse(ims);
-      if (fresh) {
-        headers.delete("content-type");
-        return new Response(null, { status: 304, headers });
-      }
-
-      const encoding = canCompress ? negotiate(req.headers.get("accept-encoding")) : undefined;
-      const bytes = encoding
-        ? await packed(`${real}\0${etag}\0${encoding}`, read, encoding)
-        : undefined;
-      if (encoding && bytes) {
-        headers.set("content-encoding", encoding);
-        headers.set("content-length", String(bytes.byteLength));
-        return new Response(req.method === "HEAD" ? null : bytes as BodyInit, { headers });
-      }
-
-      if (req.method === "HEAD") {
-        headers.set("content-length", String(body?.byteLength ?? info.size));
-        return new Response(null, { headers });
-      }
-      if (body || info.size <= MAX_BUFFERED_BYTES) {
-        const bytes = await read();
-        headers.set("content-length", String(bytes.byteLength));
-        return new Response(bytes as BodyInit, { headers });
-      }
-      // A big file is streamed rather than held in memory (its length is left to the stream).
-      const file = await Deno.open(real, { read: true });
-      return new Response(file.readable, { headers });
-    } catch {
-      return undefined;
-    }
+    const found = await locate(req, root);
+    if (found === undefined || found instanceof Response) return found;
+    return await serveFile(req, found.real, found.info, packer);
   };
+}
+
+/**
+ * Compressed bodies, at most one compression per file version and
+ * encoding: from the cache, from a compression already under way, or
+ * compressed now.
+ */
+class Packer {
+  readonly #cache: ByteLru;
+  readonly #onCompress: StaticHandlerOptions["onCompress"];
+  /** Compressions under way, shared by the requests that wait for them. */
+  readonly #packing = new Map<string, Promise<Uint8Array | undefined>>();
+  /** Versions whose compressed form is too big to cache: served as they are (bounded). */
+  readonly #identityOnly = new Set<string>();
+
+  constructor(cacheBytes: number, onCompress: StaticHandlerOptions["onCompress"]) {
+    this.#cache = new ByteLru(cacheBytes);
+    this.#onCompress = onCompress;
+  }
+
+  /**
+   * The compressed bytes for `key` (path, ETag and encoding, NUL-separated).
+   * Undefined when the result is too big to keep: that version is then
+   * sent uncompressed, never recompressed per request.
+   */
+  packed(
+    key: string,
+    read: () => Promise<Uint8Array>,
+    encoding: Encoding,
+  ): Promise<Uint8Array | undefined> {
+    if (this.#identityOnly.has(key)) return Promise.resolve(undefined);
+    const hit = this.#cache.get(key);
+    if (hit) return Promise.resolve(hit);
+    let p = this.#packing.get(key);
+    if (!p) {
+      p = this.#pack(key, read, encoding).finally(() => this.#packing.delete(key));
+      this.#packing.set(key, p);
+    }
+    return p;
+  }
+
+  async #pack(
+    key: string,
+    read: () => Promise<Uint8Array>,
+    encoding: Encoding,
+  ): Promise<Uint8Array | undefined> {
+    const body = await read();
+    const out = compress(body, encoding);
+    this.#onCompress?.(key.slice(0, key.indexOf("\0")), encoding, body.byteLength);
+    if (this.#cache.fits(out.byteLength)) {
+      this.#cache.set(key, out);
+      return out;
+    }
+    if (this.#identityOnly.size >= 4096) this.#identityOnly.clear();
+    this.#identityOnly.add(key);
+    return undefined;
+  }
+}
+
+/** The real path of `path` if it exists inside `root`, else undefined. */
+async function inside(root: string, path: string): Promise<string | undefined> {
+  let real: string;
+  try {
+    real = await Deno.realPath(path);
+  } catch {
+    return undefined;
+  }
+  const prefix = root.endsWith(sep) ? root : root + sep;
+  return real === root || real.startsWith(prefix) ? real : undefined;
+}
+
+/**
+ * The file a request names inside `root` (a directory's `index.html`), a
+ * 301 to add a directory's trailing slash, or undefined (refused path,
+ * missing, not a file).
+ */
+async function locate(
+  req: Request,
+  root: string,
+): Promise<{ real: string; info: Deno.FileInfo } | Response | undefined> {
+  let url: URL;
+  try {
+    url = new URL(req.url);
+  } catch {
+    return undefined;
+  }
+  const segments = segmentsOf(url.pathname);
+  if (!segments) return undefined;
+
+  let real = await inside(root, join(root, ...segments));
+  if (!real) return undefined;
+  let info: Deno.FileInfo;
+  try {
+    info = await Deno.stat(real);
+    if (info.isDirectory) {
+      const index = await inside(root, join(real, "index.html"));
+      if (!index) return undefined;
+      if (!url.pathname.endsWith("/")) {
+        // Never an open redirect: segmentsOf refused "//", so this stays a path on this host.
+        return new Response(null, {
+          status: 301,
+          headers: { location: url.pathname + "/" + url.search },
+        });
+      }
+      real = index;
+      info = await Deno.stat(real);
+    }
+  } catch {
+    return undefined;
+  }
+  if (!info.isFile) return undefined;
+  return { real, info };
+}
+
+/** A 200 (or 304) for the file at `real`; undefined on an I/O error (like a missing file). */
+async function serveFile(
+  req: Request,
+  real: string,
+  info: Deno.FileInfo,
+  packer: Packer,
+): Promise<Response | undefined> {
+  const type = CONTENT_TYPES[extensionOf(real)] ?? "application/octet-stream";
+  const mtime = info.mtime && info.mtime.getTime() > 0 ? info.mtime : undefined;
+  const headers = new Headers({
+    "content-type": type,
+    "cache-control": type.startsWith("text/html") ? "no-cache" : "public, max-age=300",
+    "x-content-type-options": "nosniff",
+  });
+  const canCompress = compressible(type) && info.size >= MIN_COMPRESS_BYTES &&
+    info.size <= MAX_BUFFERED_BYTES;
+  if (canCompress) headers.set("vary", "Accept-Encoding");
+  if (mtime) headers.set("last-modified", mtime.toUTCString());
+
+  let body: Uint8Array | undefined;
+  const read = async () => body ??= await Deno.readFile(real);
+  try {
+    const etag = mtime
+      ? `W/"${info.size.toString(36)}-${mtime.getTime().toString(36)}"`
+      : `W/"${await sha256Hex(await read())}"`;
+    headers.set("etag", etag);
+
+    const inm = req.headers.get("if-none-match");
+    const ims = req.headers.get("if-modified-since");
+    // If-None-Match wins over If-Modified-Since when both are sent (RFC 9110 13.2.2).
+    const fresh = inm !== null
+      ? etagMatches(inm, etag)
+      : ims !== null && mtime !== undefined && !Number.isNaN(Date.parse(ims)) &&
+        Math.floor(mtime.getTime() / 1000) * 1000 <= Date.parse(ims);
+    if (fresh) {
+      headers.delete("content-type");
+      return new Response(null, { status: 304, headers });
+    }
+
+    const encoding = canCompress ? negotiate(req.headers.get("accept-encoding")) : undefined;
+    const bytes = encoding
+      ? await packer.packed(`${real}\0${etag}\0${encoding}`, read, encoding)
+      : undefined;
+    if (encoding && bytes) {
+      headers.set("content-encoding", encoding);
+      headers.set("content-length", String(bytes.byteLength));
+      return new Response(req.method === "HEAD" ? null : bytes as BodyInit, { headers });
+    }
+
+    if (req.method === "HEAD") {
+      headers.set("content-length", String(body?.byteLength ?? info.size));
+      return new Response(null, { headers });
+    }
+    if (body || info.size <= MAX_BUFFERED_BYTES) {
+      const bytes = await read();
+      headers.set("content-length", String(bytes.byteLength));
+      return new Response(bytes as BodyInit, { headers });
+    }
+    // A big file is streamed rather than held in memory (its length is left to the stream).
+    const file = await Deno.open(real, { read: true });
+    return new Response(file.readable, { headers });
+  } catch {
+    return undefined;
+  }
 }
