@@ -250,6 +250,22 @@ export async function collect(
   return frames;
 }
 
+/**
+ * Each client sends "ready:<name>" and waits to hear every other's: Mles has
+ * no join acknowledgement, so this is how a test knows joins are done and
+ * frames cross (a peering ring included) before it starts counting.
+ * Resolves, per client, the other frames it read meanwhile (history, in order).
+ */
+export async function allReady(clients: TestClient[], names: string[]): Promise<Received[][]> {
+  clients.forEach((c, i) => c.send(`ready:${names[i]}`));
+  const isReady = (f: Received) => typeof f === "string" && f.startsWith("ready:");
+  return await Promise.all(clients.map(async (c, i) => {
+    const others = names.filter((_, j) => j !== i).map((n) => `ready:${n}`);
+    const read = await collect(c, (fs) => others.every((r) => fs.includes(r)), 15_000);
+    return read.filter((f) => !isReady(f));
+  }));
+}
+
 /** Clients opened together and closed together. */
 export interface Group extends AsyncDisposable {
   readonly clients: TestClient[];

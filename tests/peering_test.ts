@@ -4,6 +4,7 @@
  */
 import assert from "node:assert/strict";
 import {
+  allReady,
   collect,
   freePort,
   header,
@@ -32,16 +33,6 @@ async function bridgesUp(procs: Proc[]) {
       10_000,
     );
   }
-}
-
-/** Each member sends "ready:<name>" and waits to hear every other's: joins are done and frames cross. */
-async function allReady(members: TestClient[], names: string[]) {
-  members.forEach((m, i) => m.send(`ready:${names[i]}`));
-  const isReady = (f: Received) => typeof f === "string" && f.startsWith("ready:");
-  await Promise.all(members.map((m, i) => {
-    const others = names.filter((_, j) => j !== i).map((n) => `ready:${n}`);
-    return collect(m, (fs) => others.every((r) => fs.includes(r)), 15_000, isReady);
-  }));
 }
 
 const isData = (f: Received): f is string => typeof f === "string" && f.startsWith('{"p"');
