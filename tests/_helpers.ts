@@ -8,8 +8,10 @@
 import { setFlagsFromString } from "node:v8";
 import { runInNewContext } from "node:vm";
 import { loadConfig } from "../src/config.ts";
-import type { Logger } from "../src/log.ts";
+import { Logger } from "../src/log.ts";
 import { createServer, type Server } from "../src/server.ts";
+import { serveNode } from "../src/node_server.ts";
+import { SUBPROTOCOL } from "../src/http.ts";
 import type { KvLatency } from "../bench/latency_kv.ts";
 
 /** A running server for one test. */
@@ -56,16 +58,41 @@ export async function startServer(
     kv: options.kv,
     log: options.log,
   });
-  const http = Deno.serve(
-    { port: options.port ?? 0, hostname: "127.0.0.1", onListen() {} },
-    server.fetch,
-  );
-  const port = http.addr.port;
+  // MLES_TEST_TRANSPORT=node runs a suite on `deno task start`'s transport
+  // (node:http + ws) instead of Deno.serve (`deno serve`, Deploy).
+  let port: number;
+  let stop: () => Promise<void>;
+  if (Deno.env.get("MLES_TEST_TRANSPORT") === "node") {
+    const node = await serveNode({
+      handler: server.http,
+      metrics: server.metrics,
+      log: options.log ?? new Logger(config.logLevel),
+      port: options.port ?? 0,
+      hostname: "127.0.0.1",
+      subprotocol: SUBPROTOCOL,
+      maxHeaderBytes: config.maxHeaderBytes,
+      maxFrameBytes: config.maxFrameBytes,
+      maxSockets: 10_000,
+      maxSocketsPerIp: config.maxConnectionsPerIp,
+      idleTimeoutMs: config.headerTimeoutMs,
+      headersTimeoutMs: config.headerTimeoutMs,
+      closeTimeoutMs: 2000,
+    });
+    port = node.port;
+    stop = () => node.close();
+  } else {
+    const http = Deno.serve(
+      { port: options.port ?? 0, hostname: "127.0.0.1", onListen() {} },
+      server.fetch,
+    );
+    port = http.addr.port;
+    stop = () => http.shutdown();
+  }
   let closed: Promise<void> | undefined;
   const close = () =>
     closed ??= (async () => {
       await server.close();
-      await http.shutdown();
+      await stop();
     })();
   return {
     url: `http://127.0.0.1:${port}/`,
