@@ -157,7 +157,7 @@ const schema = z.object({
   MLES_STORE_TIMEOUT_MS: int("MLES_STORE_TIMEOUT_MS", 100, 3_600_000, 30_000),
   MLES_STORE_QUEUE_BYTES: int("MLES_STORE_QUEUE_BYTES", 1024, 16 * 1024 * MiB, 64 * MiB),
   MLES_READER_SLACK_BYTES: int("MLES_READER_SLACK_BYTES", 0, 1024 * MiB, 4 * MiB),
-  MLES_BATCH_DELAY_MS: int("MLES_BATCH_DELAY_MS", 0, 10_000, 15),
+  MLES_BATCH_DELAY_MS: int("MLES_BATCH_DELAY_MS", 0, 10_000, 20),
   MLES_SHUTDOWN_TIMEOUT_MS: int("MLES_SHUTDOWN_TIMEOUT_MS", 100, 600_000, 4_000),
   MLES_PEERS: z.string().optional().transform((raw, ctx) => {
     const list = (raw ?? "").split(",").map((u) => u.trim()).filter((u) => u !== "");

@@ -52,7 +52,7 @@ export const KV_BUS_DEFAULTS = {
   storeTimeoutMs: 30_000,
   storeQueueBytes: 64 * 1024 * 1024,
   readerSlackBytes: 4 * 1024 * 1024,
-  batchDelayMs: 15,
+  batchDelayMs: 20,
 } as const;
 
 /** {@link Bus} over Deno KV; see the module doc. */

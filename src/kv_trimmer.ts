@@ -104,11 +104,22 @@ export class KvTrimmer {
     if (this.#running || this.#closed) return;
     this.#running = (async () => {
       while (this.#due.size > 0 && !this.#closed) {
-        const ck = this.#due.values().next().value!;
-        this.#due.delete(ck);
-        this.#written.delete(ck);
+        // Plan up to 256 channels, then delete for all of them in shared
+        // commits: with many quiet channels, one commit instead of one each.
+        const plans: { ck: string; doomed: Listed[] }[] = [];
+        for (const ck of this.#due) {
+          this.#due.delete(ck);
+          this.#written.delete(ck);
+          try {
+            const doomed = await this.#plan(ck);
+            if (doomed.length > 0) plans.push({ ck, doomed });
+          } catch (err) {
+            this.#o.log.warn("trim failed", { error: errorText(err) });
+          }
+          if (plans.length >= 256 || this.#closed) break;
+        }
         try {
-          await this.trim(ck);
+          await this.#delete(plans);
         } catch (err) {
           this.#o.log.warn("trim failed", { error: errorText(err) });
         }
@@ -121,9 +132,17 @@ export class KvTrimmer {
    * with how many. Exposed for tests.
    */
   async trim(ck: string): Promise<number> {
-    // What this isolate already knows of the channel (oldest first): only
-    // batches stored since are read, so a trim costs what was written, not
-    // the whole kept window.
+    const doomed = await this.#plan(ck);
+    if (doomed.length > 0) await this.#delete([{ ck, doomed }]);
+    return doomed.length;
+  }
+
+  /**
+   * The channel's batches to delete now (newest first), forgotten from what
+   * this isolate knows of the channel. Reads only the batches stored since
+   * the last plan, so it costs what was written, not the whole kept window.
+   */
+  async #plan(ck: string): Promise<Listed[]> {
     let st = this.#known.get(ck);
     if (!st) this.#known.set(ck, st = { batches: [], cursor: "", used: Date.now() });
     st.used = Date.now();
@@ -139,33 +158,32 @@ export class KvTrimmer {
       st.batches.push({ vs, frames: v.n, bytes: v.b, chunked: v.x ?? [], pages: v.p ?? 0 });
       st.cursor = vs;
     }
-    const listed = st.batches.slice().reverse(); // newest first
-    const cut = planTrim(listed, this.#o);
-    if (cut < 0) return 0;
-    // Oldest batches go first; the rest (beyond MAX_DELETE) next time.
-    const all = listed.slice(cut);
-    const doomedOldestFirst = all.slice(-MAX_DELETE).reverse();
-    st.batches.splice(0, doomedOldestFirst.length);
-    const done = await this.#delete(ck, doomedOldestFirst.slice().reverse());
-    return done;
+    const cut = planTrim(st.batches.slice().reverse(), this.#o);
+    if (cut < 0) return [];
+    // The oldest go first; beyond MAX_DELETE, the rest next time.
+    const n = Math.min(MAX_DELETE, st.batches.length - cut);
+    return st.batches.splice(0, n).reverse();
   }
 
-  /** Deletes `doomed` (newest first) with their pages and chunks, the trim mark first. */
-  async #delete(ck: string, doomed: Listed[]): Promise<number> {
-    // The mark first (with the first deletions): readers behind it count a gap.
-    let first = true;
-    let muts: Deno.KvKey[] = [];
+  /**
+   * Deletes each plan's batches (newest first) with their pages and chunks,
+   * in commits of at most DELETE_BATCH mutations shared by channels; a
+   * channel's trim mark goes in the first commit that deletes any of its rows.
+   */
+  async #delete(plans: { ck: string; doomed: Listed[] }[]): Promise<void> {
+    let sets: [Deno.KvKey, { v: string }][] = [];
+    let dels: Deno.KvKey[] = [];
     const flush = async () => {
-      const batch = muts;
-      muts = [];
-      const mark = first;
-      first = false;
+      if (sets.length === 0 && dels.length === 0) return;
+      const [s, d] = [sets, dels];
+      sets = [];
+      dels = [];
       await retry(async () => {
         const op = this.#o.kv.atomic();
-        if (mark) op.set(keys.trimMark(ck), { v: doomed[0].vs });
-        for (const k of batch) op.delete(k);
+        for (const [k, v] of s) op.set(k, v);
+        for (const k of d) op.delete(k);
         this.#o.metrics.kvCommits++;
-        this.#o.metrics.kvWriteUnits += batch.length + (mark ? 1 : 0);
+        this.#o.metrics.kvWriteUnits += s.length + d.length;
         await op.commit();
       }, {
         what: "Cannot trim channel history",
@@ -175,20 +193,23 @@ export class KvTrimmer {
         shouldRetry: isDatabaseLocked,
       });
     };
-    for (const d of doomed) {
-      const need = 1 + d.pages + d.chunked.reduce((n, [, c]) => n + c, 0);
-      if (muts.length > 0 && muts.length + need > DELETE_BATCH) await flush();
-      muts.push(keys.entry(ck, d.vs));
-      for (let i = 0; i < d.pages; i++) muts.push(keys.page(ck, i, d.vs));
-      for (const [id, c] of d.chunked) {
-        for (let i = 0; i < c; i++) {
-          muts.push(keys.chunk(ck, id, i));
-          if (muts.length >= DELETE_BATCH) await flush();
+    for (const { ck, doomed } of plans) {
+      if (sets.length + dels.length + 2 > DELETE_BATCH) await flush();
+      // The mark first: readers behind it count a gap.
+      sets.push([keys.trimMark(ck), { v: doomed[0].vs }]);
+      for (const d of doomed) {
+        if (sets.length + dels.length + 1 + d.pages > DELETE_BATCH) await flush();
+        dels.push(keys.entry(ck, d.vs));
+        for (let i = 0; i < d.pages; i++) dels.push(keys.page(ck, i, d.vs));
+        for (const [id, c] of d.chunked) {
+          for (let i = 0; i < c; i++) {
+            dels.push(keys.chunk(ck, id, i));
+            if (sets.length + dels.length >= DELETE_BATCH) await flush();
+          }
         }
       }
+      this.#o.metrics.trimmedBatches += doomed.length;
     }
-    if (muts.length > 0 || first) await flush();
-    this.#o.metrics.trimmedBatches += doomed.length;
-    return doomed.length;
+    await flush();
   }
 }
