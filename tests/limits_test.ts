@@ -11,7 +11,8 @@ Deno.test("limits: new connections per IP over MLES_RATE_LIMIT are refused with 
   assert.match(res, /^HTTP\/1\.1 429/);
   assert.match(res, /retry-after: 60/i);
   assert.match(res, /Too many connections: limit is 3 per minute per address/);
-  assert.equal(s.server.metrics.rejected.get("429"), 1);
+  assert.equal(s.server.metrics.refusedUpgrades.get("429"), 1, "an HTTP status, in its own series");
+  assert.equal(s.server.metrics.rejected.get("429"), undefined, "never counted as a close code");
   await Promise.all(ok.map((c) => c.close()));
 });
 
