@@ -20,12 +20,13 @@
  *   `accept` never meets EMFILE (which ends `Deno.serve`'s accept loop and
  *   the process with it).
  *
- * Imports: node:http, node:https, node:net, npm:ws, http (type), log, metrics.
+ * Imports: node:http, node:https, node:net, npm:ws, close, http (type), log (type), metrics (type).
  */
 import * as http from "node:http";
 import * as https from "node:https";
 import type { Socket } from "node:net";
 import { type WebSocket as NodeWebSocket, WebSocketServer } from "ws";
+import { CLOSE } from "./close.ts";
 import type { HttpHandler } from "./http.ts";
 import type { Logger } from "./log.ts";
 import type { Metrics } from "./metrics.ts";
@@ -196,6 +197,56 @@ async function writeResponse(res: Response, out: http.ServerResponse, head: bool
   }
 }
 
+/** What {@link boundMessages} reads and sets on ws's per-socket frame parser (ws 8, lib/receiver.js). */
+interface WsReceiver {
+  /** Largest message; ws checks it at each frame header, before the payload is buffered. */
+  _maxPayload: number;
+  /** Bytes the message announced so far (every frame header read, this one included). */
+  _totalPayloadLength: number;
+  /** The message's opcode (a continuation frame carries its first frame's). */
+  _opcode: number;
+  prependListener(event: "error", listener: (err: Error & { code?: string }) => void): void;
+}
+
+/**
+ * Bounds each message at its frame header, before its payload is buffered:
+ * the first one (the Mles header) by `maxHeaderBytes`, later ones by
+ * `maxFrameBytes`. ws refuses a message over its `maxPayload` inside its
+ * parser and closes 1009 with no reason; the close here goes first, with
+ * the code and reason session.ts sends on the `Deno.serve` path (close.ts),
+ * so both transports look the same on the wire, and is logged and counted
+ * the same way. ws's own close that follows is then a no-op.
+ */
+function boundMessages(ws: NodeWebSocket, o: NodeServeOptions, peer: string): void {
+  const receiver = (ws as unknown as { _receiver?: WsReceiver })._receiver;
+  if (!receiver) {
+    throw new Error("ws has no _receiver: the pinned ws version changed its internals");
+  }
+  let first = true;
+  receiver._maxPayload = o.maxHeaderBytes;
+  ws.once("message", () => {
+    first = false;
+    receiver._maxPayload = o.maxFrameBytes;
+  });
+  receiver.prependListener("error", (err) => {
+    if (err.code !== "WS_ERR_UNSUPPORTED_MESSAGE_LENGTH") return;
+    const bytes = receiver._totalPayloadLength;
+    // As parseHeader decides: a binary header is refused for its type, whatever its size.
+    const close = !first
+      ? CLOSE.frameTooBig(bytes, o.maxFrameBytes)
+      : receiver._opcode === 0x2
+      ? CLOSE.headerNotText
+      : CLOSE.headerTooBig(bytes, o.maxHeaderBytes);
+    o.log.warn(first ? "connection refused" : "frame refused", {
+      peer,
+      code: close.code,
+      reason: close.reason,
+    });
+    o.metrics.reject(close.code);
+    ws.close(close.code, close.reason);
+  });
+}
+
 /**
  * Serves `handler` with node:http and npm:ws. Resolves once listening.
  * @throws when the port cannot be bound.
@@ -315,13 +366,7 @@ export async function serveNode(o: NodeServeOptions): Promise<NodeServer> {
     const refusal = o.handler.admitUpgrade(toRequest(req, scheme), peer);
     if (refusal) return void refuseUpgrade(socket, refusal).catch(() => socket.destroy());
     wss.handleUpgrade(req, socket, head, (ws: NodeWebSocket) => {
-      // The first frame is the header: bound it before it is buffered, then
-      // let later frames up to the frame limit through.
-      const receiver = (ws as unknown as { _receiver?: { _maxPayload: number } })._receiver;
-      if (receiver) {
-        receiver._maxPayload = o.maxHeaderBytes + 1;
-        ws.once("message", () => receiver._maxPayload = o.maxFrameBytes);
-      }
+      boundMessages(ws, o, peer);
       ws.binaryType = "arraybuffer";
       // `ws` is a WebSocket as far as the session is concerned: the same
       // readyState numbers, on* handlers and events with `data`/`code`/`reason`,
