@@ -3,7 +3,7 @@
  * The contract between this isolate's hub and the store that carries frames
  * to other isolates and keeps history. Two implementations: `KvBus` (Deno KV,
  * the default; what Deploy runs) and `MemoryBus` (one isolate, no KV; for
- * tests and quick local runs). Imports: frame.
+ * tests and quick local runs). Imports: frame (type).
  */
 import type { Delivery, Position } from "./frame.ts";
 

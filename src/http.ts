@@ -3,8 +3,7 @@
  * The transport edge: routes one HTTP request. WebSocket upgrades on any
  * path that offer the `mles-websocket` subprotocol become sessions; an
  * upgrade without it is refused with 400 and no socket. Plain HTTP gets
- * `/healthz`, `/metrics` and static files. Imports: session, config (type),
- * close, metrics, log.
+ * `/healthz`, `/metrics` and static files. Imports: close, metrics (type), session.
  */
 import { CLOSE, type Close } from "./close.ts";
 import { closeQuietly, runSession, type SessionContext } from "./session.ts";

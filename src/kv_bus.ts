@@ -10,7 +10,7 @@
  * - `kv_reader.ts`: history for newcomers, bounded by frames and bytes.
  * - `kv_trimmer.ts`: retention (frames, bytes, reader slack), off the publish path.
  * - `kv_format.ts`: the stored layout and commit planning, pure.
- * Imports: bus, frame, kv_format (type), kv_follower, kv_keys, kv_reader,
+ * Imports: bus (type), frame (type), kv_follower, kv_keys, kv_reader,
  * kv_trimmer, kv_writer, log (type), metrics (type).
  */
 import type { Bus, BusHandler, History } from "./bus.ts";

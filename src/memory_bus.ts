@@ -2,7 +2,7 @@
  * @module
  * `MemoryBus`: one isolate only, history in memory (lost on restart). For
  * tests and `MLES_BUS=memory` single-process runs; it never calls `onFrames`
- * because there is no other isolate. Imports: bus, frame.
+ * because there is no other isolate. Imports: bus (type), frame.
  */
 import type { Bus, BusHandler, History } from "./bus.ts";
 import { type Delivery, position } from "./frame.ts";

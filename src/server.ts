@@ -2,7 +2,8 @@
  * @module
  * The composition root: builds one isolate's server from a {@link Config}.
  * The only module that opens Deno KV and chooses the bus (KV or memory).
- * Imports: everything it wires.
+ * Imports: bus (type), config (type), health, http, hub, kv_bus, lease, log,
+ * memory_bus, metrics, peer, peer_dedup, session_claims, static.
  */
 import type { Bus } from "./bus.ts";
 import type { Config } from "./config.ts";

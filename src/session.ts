@@ -5,7 +5,8 @@
  * duplicate-session rule, holds frames a client sends while its join is in
  * progress, and wraps the WebSocket as the hub's {@link Member}. Every
  * rejection closes with a code and reason and logs one line (never the auth
- * value or the key). Imports: header, auth, hub, frame, close, config, log.
+ * value or the key). Imports: auth, close, config (type), frame, header, hub (type), log (type),
+ * peer, session_claims.
  */
 import { verifyAuth } from "./auth.ts";
 import { CLOSE, type Close } from "./close.ts";
