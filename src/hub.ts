@@ -6,11 +6,12 @@
  * never delays or breaks delivery to the others). Tells the bus when a
  * channel gets its first local member and loses its last. Nothing here knows
  * about WebSockets: members are anything with `send`/`close`.
- * Imports: bus (type), frame, close.
+ * Imports: bus (type), frame, close, retry.
  */
 import type { Bus } from "./bus.ts";
 import { CLOSE, type Close } from "./close.ts";
 import { type Delivery, type Frame, type Position, utf8Length } from "./frame.ts";
+import { errorText } from "./retry.ts";
 
 /** One local connection as the hub sees it. */
 export interface Member {
@@ -384,8 +385,4 @@ const REPLAY_STALL_MS = 30_000;
 /** Bytes of a frame for buffer accounting (text: UTF-16 units, at most 3x under UTF-8). */
 function approxBytes(f: Frame): number {
   return f.kind === "binary" ? f.data.byteLength : f.data.length;
-}
-
-function errorText(err: unknown): string {
-  return err instanceof Error ? err.message : String(err);
 }

@@ -251,85 +251,109 @@ export function planCommit(channels: readonly PlanChannel[]): CommitPlan {
     const fixedMut = 1 + (newShard ? 2 : 0);
     const fixedBytes = 24 + (newShard ? movedBytes(1) + 16 : MOVED_PER_CHANNEL);
     if (mutations + fixedMut > COMMIT_MUTATIONS || bytes + fixedBytes > COMMIT_BYTES) break;
-    const frames: QueuedFrame[] = [];
-    const pageStarts: number[] = [];
-    let entry = 24;
-    let usedBytes = 0;
-    let usedMut = 0;
-    /** Opens an overflow page for a frame of `cost` bytes, if the commit has room. */
-    const newPage = (cost: number): boolean => {
-      if (pageStarts.length >= MAX_PAGES) return false;
-      if (mutations + fixedMut + usedMut + 1 > COMMIT_MUTATIONS) return false;
-      if (bytes + fixedBytes + usedBytes + 24 + cost > COMMIT_BYTES) return false;
-      pageStarts.push(frames.length);
-      usedMut++;
-      usedBytes += 24;
-      entry = 24;
-      return true;
-    };
-    for (const q of ch.queue) {
-      const pointer = FRAME_OVERHEAD + q.delivery.id.length;
-      if (q.inline >= 0) {
-        const cost = pointer + q.inline;
-        if (entry + cost > VALUE_BUDGET && !newPage(cost)) break;
-        if (bytes + fixedBytes + usedBytes + cost > COMMIT_BYTES) break;
-        entry += cost;
-        usedBytes += cost;
-        frames.push(q);
-        continue;
-      }
-      // Chunked: the rest of its chunks must fit beside what is planned.
-      let restBytes = 0;
-      for (let i = q.chunksWritten; i < q.chunkCount; i++) restBytes += chunkSize(q.bytes, i) + 32;
-      const restMut = q.chunkCount - q.chunksWritten;
-      const roomBytes = COMMIT_BYTES - bytes - fixedBytes - usedBytes - pointer;
-      const roomMut = COMMIT_MUTATIONS - mutations - fixedMut - usedMut;
-      const fits = restBytes <= roomBytes && restMut <= roomMut;
-      if (fits && entry + pointer > VALUE_BUDGET && !newPage(pointer)) break;
-      if (fits && restBytes <= COMMIT_BYTES - bytes - fixedBytes - usedBytes - pointer) {
-        if (restMut > 0) {
-          chunks.push({ channel: ch, frame: q, from: q.chunksWritten, to: q.chunkCount });
-        }
-        entry += pointer;
-        usedBytes += restBytes + pointer;
-        usedMut += restMut;
-        frames.push(q);
-        continue;
-      }
-      if (frames.length === 0) {
-        // The channel's first frame is bigger than what is left: write what fits of it now.
-        let k = 0;
-        let kBytes = 0;
-        while (
-          q.chunksWritten + k < q.chunkCount && k < roomMut &&
-          kBytes + chunkSize(q.bytes, q.chunksWritten + k) + 32 <= roomBytes
-        ) {
-          kBytes += chunkSize(q.bytes, q.chunksWritten + k) + 32;
-          k++;
-        }
-        if (k > 0) {
-          chunks.push({ channel: ch, frame: q, from: q.chunksWritten, to: q.chunksWritten + k });
-          bytes += kBytes;
-          mutations += k;
-        }
-      }
-      break;
+    const p = planChannel(
+      ch,
+      COMMIT_BYTES - bytes - fixedBytes,
+      COMMIT_MUTATIONS - mutations - fixedMut,
+    );
+    chunks.push(...p.chunks);
+    if (p.frames.length === 0) {
+      // Only chunks of a frame larger than what was left: no entry yet.
+      bytes += p.bytes;
+      mutations += p.mutations;
+      continue;
     }
-    // A page opened for a frame that then did not fit stays unwritten.
-    while (pageStarts.length > 0 && pageStarts[pageStarts.length - 1] === frames.length) {
-      pageStarts.pop();
-      usedMut--;
-      usedBytes -= 24;
-    }
-    if (frames.length === 0) continue;
-    entries.push({ channel: ch, frames, pageStarts });
-    bytes += fixedBytes + usedBytes;
-    mutations += fixedMut + usedMut;
+    entries.push({ channel: ch, frames: p.frames, pageStarts: p.pageStarts });
+    bytes += fixedBytes + p.bytes;
+    mutations += fixedMut + p.mutations;
     const list = shards.get(ch.shard);
     if (list) list.push(ch.ck);
     else shards.set(ch.shard, [ch.ck]);
   }
   return { entries, chunks, shards, bytes, mutations };
+}
+
+/** What one channel puts in a commit, and the bytes and mutations it uses (its fixed part aside). */
+interface ChannelPlan {
+  readonly frames: QueuedFrame[];
+  readonly pageStarts: number[];
+  readonly chunks: PlannedChunks[];
+  readonly bytes: number;
+  readonly mutations: number;
+}
+
+/**
+ * The longest prefix of the channel's queue that fits `roomBytes` and
+ * `roomMut` (with pages as needed), or, when not even its first frame fits,
+ * as many of that frame's chunks as do.
+ */
+function planChannel(ch: PlanChannel, roomBytes: number, roomMut: number): ChannelPlan {
+  const frames: QueuedFrame[] = [];
+  const pageStarts: number[] = [];
+  const chunks: PlannedChunks[] = [];
+  let entry = 24;
+  let used = 0;
+  let muts = 0;
+  /** Opens an overflow page for a frame of `cost` bytes, if there is room. */
+  const newPage = (cost: number): boolean => {
+    if (pageStarts.length >= MAX_PAGES || muts + 1 > roomMut) return false;
+    if (used + 24 + cost > roomBytes) return false;
+    pageStarts.push(frames.length);
+    muts++;
+    used += 24;
+    entry = 24;
+    return true;
+  };
+  for (const q of ch.queue) {
+    const pointer = FRAME_OVERHEAD + q.delivery.id.length;
+    if (q.inline >= 0) {
+      const cost = pointer + q.inline;
+      if (entry + cost > VALUE_BUDGET && !newPage(cost)) break;
+      if (used + cost > roomBytes) break;
+      entry += cost;
+      used += cost;
+      frames.push(q);
+      continue;
+    }
+    // Chunked: the rest of its chunks must fit beside what is planned.
+    let restBytes = 0;
+    for (let i = q.chunksWritten; i < q.chunkCount; i++) restBytes += chunkSize(q.bytes, i) + 32;
+    const restMut = q.chunkCount - q.chunksWritten;
+    if (used + restBytes + pointer <= roomBytes && muts + restMut <= roomMut) {
+      if (entry + pointer > VALUE_BUDGET && !newPage(pointer)) break;
+      if (used + restBytes + pointer > roomBytes) break;
+      if (restMut > 0) {
+        chunks.push({ channel: ch, frame: q, from: q.chunksWritten, to: q.chunkCount });
+      }
+      entry += pointer;
+      used += restBytes + pointer;
+      muts += restMut;
+      frames.push(q);
+      continue;
+    }
+    if (frames.length === 0) {
+      // The channel's first frame is bigger than what is left: write what fits of it now.
+      let k = 0;
+      while (q.chunksWritten + k < q.chunkCount && muts + k < roomMut) {
+        const next = chunkSize(q.bytes, q.chunksWritten + k) + 32;
+        if (used + next > roomBytes) break;
+        used += next;
+        k++;
+      }
+      muts += k;
+      if (k > 0) {
+        chunks.push({ channel: ch, frame: q, from: q.chunksWritten, to: q.chunksWritten + k });
+      }
+    }
+    break;
+  }
+  // A page opened for a frame that then did not fit stays unwritten.
+  while (pageStarts.length > 0 && pageStarts[pageStarts.length - 1] === frames.length) {
+    pageStarts.pop();
+    muts--;
+    used -= 24;
+  }
+  return { frames, pageStarts, chunks, bytes: used, mutations: muts };
 }
 
 /** A stored batch as the trimmer sees it, newest first. */

@@ -3,10 +3,12 @@
  * The composition root: builds one isolate's server from a {@link Config}.
  * The only module that opens Deno KV and chooses the bus (KV or memory).
  * Imports: bus (type), config (type), health, http, hub, kv_bus, lease, log,
- * memory_bus, metrics, peer, peer_dedup, session_claims, static.
+ * kv_keys, memory_bus, metrics, peer, peer_dedup, retry, session_claims, static.
  */
 import type { Bus } from "./bus.ts";
 import type { Config } from "./config.ts";
+import { keys } from "./kv_keys.ts";
+import { errorText } from "./retry.ts";
 import { createHttpHandler, type HttpHandler } from "./http.ts";
 import { WriteProbe } from "./health.ts";
 import { Hub } from "./hub.ts";
@@ -20,18 +22,12 @@ import { PeerDedup } from "./peer_dedup.ts";
 import { createStaticHandler } from "./static.ts";
 import { KvSessionClaims, MemorySessionClaims, type SessionClaims } from "./session_claims.ts";
 
-const HEALTH_KEY: Deno.KvKey = ["mles", "health"];
-
 /** The server cannot start; the message names the setting and the cause (no stack needed). */
 export class StartError extends Error {
   override name = "StartError";
   constructor(message: string, cause?: unknown) {
     super(message, { cause });
   }
-}
-
-function text(err: unknown): string {
-  return err instanceof Error ? err.message : String(err);
 }
 
 /** A running server: the request handler and its shutdown. */
@@ -79,7 +75,7 @@ export async function createServer(config: Config, deps: ServerDeps = {}): Promi
       } catch (err) {
         throw new StartError(
           `Cannot start: MLES_WWWROOT=${JSON.stringify(config.wwwroot)} is not a readable folder: ${
-            text(err)
+            errorText(err)
           }`,
           err,
         );
@@ -94,16 +90,19 @@ export async function createServer(config: Config, deps: ServerDeps = {}): Promi
     try {
       kv = await Deno.openKv(config.kvPath);
     } catch (err) {
-      throw new StartError(`Cannot start: cannot open Deno KV at ${where}: ${text(err)}`, err);
+      throw new StartError(`Cannot start: cannot open Deno KV at ${where}: ${errorText(err)}`, err);
     }
   }
   if (config.bus === "kv") {
     // A read-only file or a full disk opens fine and fails on the first write: find out now.
     try {
-      await kv!.set(HEALTH_KEY, Date.now());
+      await kv!.set(keys.health(), Date.now());
     } catch (err) {
       if (ownsKv) kv!.close();
-      throw new StartError(`Cannot start: Deno KV at ${where} is not writable: ${text(err)}`, err);
+      throw new StartError(
+        `Cannot start: Deno KV at ${where} is not writable: ${errorText(err)}`,
+        err,
+      );
     }
   }
   const origin = crypto.randomUUID().slice(0, 8);
@@ -145,7 +144,7 @@ export async function createServer(config: Config, deps: ServerDeps = {}): Promi
     onSent: (n) => metrics.framesOut += n,
     historyMaxBytes: config.historyMaxBytes,
   });
-  const health = kv ? new WriteProbe(() => kv!.set(HEALTH_KEY, Date.now())) : undefined;
+  const health = kv ? new WriteProbe(() => kv!.set(keys.health(), Date.now())) : undefined;
   const http = createHttpHandler({
     session: {
       hub,
@@ -175,7 +174,7 @@ export async function createServer(config: Config, deps: ServerDeps = {}): Promi
     healthy: async () => {
       if (!kv || !health) return true;
       try {
-        await kv.get(HEALTH_KEY);
+        await kv.get(keys.health());
       } catch {
         return false;
       }
