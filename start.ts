@@ -60,6 +60,7 @@ if (config.transport === "node") {
       idleTimeoutMs: config.headerTimeoutMs,
       headersTimeoutMs: config.headerTimeoutMs,
       closeTimeoutMs: 2000,
+      pingIntervalMs: config.pingIntervalS * 1000,
       onListen: ({ port }) =>
         console.error(
           `mles-deno listening on ${scheme}://0.0.0.0:${port}/ (open files: soft limit ${

@@ -57,6 +57,12 @@ export interface NodeServeOptions {
   readonly headersTimeoutMs: number;
   /** A client that never answers the server's close is cut off after this many ms. */
   readonly closeTimeoutMs: number;
+  /**
+   * A WebSocket that sends no message and no pong for this many ms is
+   * pinged, and closed 1001 if it stays silent as long again (MLES_PING_INTERVAL_S;
+   * `Deno.upgradeWebSocket`'s idleTimeout of twice this on the other path).
+   */
+  readonly pingIntervalMs: number;
   /** Called once listening. */
   readonly onListen?: (addr: { hostname: string; port: number }) => void;
 }
@@ -248,6 +254,41 @@ function boundMessages(ws: NodeWebSocket, o: NodeServeOptions, peer: string): vo
 }
 
 /**
+ * The reason `Deno.upgradeWebSocket` closes an idle socket with (Deno 2.9,
+ * ext/websocket/01_websocket.js), sent here too so both transports read the same.
+ */
+const IDLE_REASON = "No response from ping frame.";
+
+/**
+ * The Mles keepalive (SPEC section 5) as `Deno.upgradeWebSocket`'s
+ * idleTimeout does it on the other path: after `intervalMs` with no message
+ * and no pong (a client's pings do not count), an empty ping; after as long
+ * again, close 1001 and the TCP connection closed once the close frame is
+ * out, without waiting for the client's answer.
+ */
+function keepAlive(ws: NodeWebSocket, socket: Socket, intervalMs: number): void {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const silent = (then: () => void) => {
+    clearTimeout(timer);
+    timer = setTimeout(() => {
+      if (ws.readyState === ws.OPEN) then();
+    }, intervalMs);
+  };
+  const arm = () =>
+    silent(() => {
+      ws.ping();
+      silent(() => {
+        ws.close(1001, IDLE_REASON);
+        socket.end(() => ws.terminate());
+      });
+    });
+  arm();
+  ws.on("message", arm);
+  ws.on("pong", arm);
+  ws.once("close", () => clearTimeout(timer));
+}
+
+/**
  * Serves `handler` with node:http and npm:ws. Resolves once listening.
  * @throws when the port cannot be bound.
  */
@@ -367,6 +408,7 @@ export async function serveNode(o: NodeServeOptions): Promise<NodeServer> {
     if (refusal) return void refuseUpgrade(socket, refusal).catch(() => socket.destroy());
     wss.handleUpgrade(req, socket, head, (ws: NodeWebSocket) => {
       boundMessages(ws, o, peer);
+      keepAlive(ws, socket, o.pingIntervalMs);
       ws.binaryType = "arraybuffer";
       // `ws` is a WebSocket as far as the session is concerned: the same
       // readyState numbers, on* handlers and events with `data`/`code`/`reason`,

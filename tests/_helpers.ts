@@ -77,6 +77,7 @@ export async function startServer(
       idleTimeoutMs: config.headerTimeoutMs,
       headersTimeoutMs: config.headerTimeoutMs,
       closeTimeoutMs: 2000,
+      pingIntervalMs: config.pingIntervalS * 1000,
     });
     port = node.port;
     stop = () => node.close();

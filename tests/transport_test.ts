@@ -33,6 +33,7 @@ async function startNode(env: Record<string, string> = {}) {
     idleTimeoutMs: config.headerTimeoutMs,
     headersTimeoutMs: config.headerTimeoutMs,
     closeTimeoutMs: 2000,
+    pingIntervalMs: config.pingIntervalS * 1000,
   });
   const close = async () => {
     await server.close();
