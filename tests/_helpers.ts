@@ -38,6 +38,12 @@ export interface StartOptions {
   port?: number;
   /** Receives the server's log lines (default: the level from env, to stderr). */
   log?: Logger;
+  /**
+   * "deno": `Deno.serve` + `Deno.upgradeWebSocket` (`deno serve`, Deploy);
+   * "node": `deno task start`'s node:http + ws (src/node_server.ts).
+   * Default: MLES_TEST_TRANSPORT, else "deno".
+   */
+  transport?: "deno" | "node";
 }
 
 /** Starts a server on 127.0.0.1 with the given environment. */
@@ -60,9 +66,11 @@ export async function startServer(
   });
   // MLES_TEST_TRANSPORT=node runs a suite on `deno task start`'s transport
   // (node:http + ws) instead of Deno.serve (`deno serve`, Deploy).
+  const transport = options.transport ??
+    (Deno.env.get("MLES_TEST_TRANSPORT") === "node" ? "node" : "deno");
   let port: number;
   let stop: () => Promise<void>;
-  if (Deno.env.get("MLES_TEST_TRANSPORT") === "node") {
+  if (transport === "node") {
     const node = await serveNode({
       handler: server.http,
       metrics: server.metrics,

@@ -1,6 +1,10 @@
 /**
  * SPEC.md sections 1-5, one behaviour per test, over real WebSockets to a
- * real server (port 0) with real Deno KV (`:memory:` unless stated).
+ * real server (port 0) with real Deno KV (`:memory:` unless stated). Every
+ * test runs on both transports, named with a `[deno]` or `[node]` suffix:
+ * `Deno.serve` + `Deno.upgradeWebSocket` (`deno serve`, Deploy) and
+ * node:http + ws (`deno task start`, src/node_server.ts). Clients cannot
+ * tell them apart, so neither can these tests.
  */
 import assert from "node:assert/strict";
 import { mlesAuth } from "../src/auth.ts";
@@ -10,8 +14,10 @@ import {
   joinInOrder,
   rawUpgrade,
   type Received,
+  type StartOptions,
   startServer,
   TestClient,
+  type TestServer,
   waitFor,
 } from "./_helpers.ts";
 
@@ -20,10 +26,20 @@ const text = (f: Received) => {
   return f as string;
 };
 
+/** Starts a server on the transport under test. */
+type Start = (options?: StartOptions) => Promise<TestServer>;
+
+/** Registers `fn` once per transport, as `name [deno]` and `name [node]`. */
+function test(name: string, fn: (start: Start) => Promise<void>) {
+  for (const transport of ["deno", "node"] as const) {
+    Deno.test(`${name} [${transport}]`, () => fn((o = {}) => startServer({ ...o, transport })));
+  }
+}
+
 // ---- 1. Connecting ---------------------------------------------------------
 
-Deno.test("connect: server answers the upgrade with Sec-WebSocket-Protocol mles-websocket", async () => {
-  await using s = await startServer();
+test("connect: server answers the upgrade with Sec-WebSocket-Protocol mles-websocket", async (start) => {
+  await using s = await start();
   const res = await rawUpgrade(s.port, "mles-websocket");
   assert.match(res, /^HTTP\/1\.1 101/);
   assert.match(res, /sec-websocket-protocol: mles-websocket/i);
@@ -31,14 +47,14 @@ Deno.test("connect: server answers the upgrade with Sec-WebSocket-Protocol mles-
   assert.equal(c.ws.protocol, "mles-websocket");
 });
 
-Deno.test("connect: mles-websocket offered among other subprotocols is accepted", async () => {
-  await using s = await startServer();
+test("connect: mles-websocket offered among other subprotocols is accepted", async (start) => {
+  await using s = await start();
   await using c = await TestClient.open(s.wsUrl, undefined, ["chat", "mles-websocket"]);
   assert.equal(c.ws.protocol, "mles-websocket");
 });
 
-Deno.test("connect: an upgrade without the subprotocol is refused with 400 and no socket", async () => {
-  await using s = await startServer();
+test("connect: an upgrade without the subprotocol is refused with 400 and no socket", async (start) => {
+  await using s = await start();
   const res = await rawUpgrade(s.port, null);
   assert.match(res, /^HTTP\/1\.1 400/);
   assert.match(res, /mles-websocket/);
@@ -46,8 +62,8 @@ Deno.test("connect: an upgrade without the subprotocol is refused with 400 and n
   assert.match(other, /^HTTP\/1\.1 400/);
 });
 
-Deno.test("connect: plain HTTP requests are served by the HTTP side", async () => {
-  await using s = await startServer();
+test("connect: plain HTTP requests are served by the HTTP side", async (start) => {
+  await using s = await start();
   const health = await fetch(new URL("/healthz", s.url));
   assert.equal(health.status, 200);
   assert.deepEqual(await health.json(), { status: "ok", kv: true });
@@ -56,8 +72,8 @@ Deno.test("connect: plain HTTP requests are served by the HTTP side", async () =
   await missing.body?.cancel();
 });
 
-Deno.test("connect: WebSocket upgrades work on any path", async () => {
-  await using s = await startServer();
+test("connect: WebSocket upgrades work on any path", async (start) => {
+  await using s = await start();
   await using a = await TestClient.open(
     new URL("/some/deep/path?x=1", s.wsUrl).href,
     header("a", "p"),
@@ -73,12 +89,13 @@ Deno.test("connect: WebSocket upgrades work on any path", async () => {
 // ---- 2. The first frame -----------------------------------------------------
 
 async function expectRefused(
+  start: Start,
   first: string | Uint8Array,
   code: number,
   reason: RegExp,
   env: Record<string, string> = {},
 ) {
-  await using s = await startServer({ env });
+  await using s = await start({ env });
   await using c = await TestClient.open(s.wsUrl);
   c.send(first);
   const closed = await c.waitClosed();
@@ -94,36 +111,44 @@ async function expectRefused(
   assert.equal(s.server.hub.memberCount, 2);
 }
 
-Deno.test("header: a binary first frame closes 1003 without joining", () =>
+test("header: a binary first frame closes 1003 without joining", (start) =>
   expectRefused(
+    start,
     new TextEncoder().encode('{"uid":"a","channel":"c"}'),
     1003,
     /^Cannot join: header must be a text frame$/,
   ));
 
-Deno.test("header: invalid JSON closes 1002 without joining", () =>
-  expectRefused("{uid: a", 1002, /^Cannot join: header is not valid JSON$/));
+test("header: invalid JSON closes 1002 without joining", (start) =>
+  expectRefused(
+    start,
+    "{uid: a",
+    1002,
+    /^Cannot join: header is not valid JSON$/,
+  ));
 
 // Each kind of invalid header (missing, empty, non-string, non-ASCII fields; not an
 // object; a non-string auth) is a pure case in header_test.ts; the cases here go end to
 // end once per close code.
 
-Deno.test("header: a 1 MiB header closes 1009 and the server keeps serving", () =>
+test("header: a 1 MiB header closes 1009 and the server keeps serving", (start) =>
   expectRefused(
+    start,
     JSON.stringify({ uid: "a", channel: "c", pad: "x".repeat(1024 * 1024) }),
     1009,
     /^Cannot join: header is \d+ bytes, limit is 4096$/,
   ));
 
-Deno.test("header: failed auth closes 1008 without joining", () =>
+test("header: failed auth closes 1008 without joining", (start) =>
   expectRefused(
+    start,
     JSON.stringify({ uid: "a", channel: "c", auth: "0000000000000000" }),
     1008,
     /^Cannot join: auth does not match$/,
   ));
 
-Deno.test("header: extra JSON fields are ignored", async () => {
-  await using s = await startServer();
+test("header: extra JSON fields are ignored", async (start) => {
+  await using s = await start();
   await using a = await TestClient.open(s.wsUrl, header("a", "x", { extra: [1, 2], n: null }));
   await using b = await TestClient.open(s.wsUrl, header("b", "x"));
   a.send("hi");
@@ -132,16 +157,16 @@ Deno.test("header: extra JSON fields are ignored", async () => {
   assert.equal(frames.at(-1), "hi");
 });
 
-Deno.test("header: a socket that sends no header in time is closed 1008", async () => {
-  await using s = await startServer({ env: { MLES_HEADER_TIMEOUT_MS: "200" } });
+test("header: a socket that sends no header in time is closed 1008", async (start) => {
+  await using s = await start({ env: { MLES_HEADER_TIMEOUT_MS: "200" } });
   await using c = await TestClient.open(s.wsUrl);
   const closed = await c.waitClosed(3000);
   assert.equal(closed.code, 1008);
   assert.equal(closed.reason, "Cannot join: no header within 200 ms");
 });
 
-Deno.test('header: "auth": null counts as absent', async () => {
-  await using s = await startServer();
+test('header: "auth": null counts as absent', async (start) => {
+  await using s = await start();
   await using a = await TestClient.open(s.wsUrl, header("a", "n", { auth: null }));
   await using b = await TestClient.open(s.wsUrl, header("b", "n"));
   a.send("ok");
@@ -152,8 +177,8 @@ Deno.test('header: "auth": null counts as absent', async () => {
 
 // ---- 3. After joining --------------------------------------------------------
 
-Deno.test("join: the newcomer gets history oldest first, then its header is appended", async () => {
-  await using s = await startServer();
+test("join: the newcomer gets history oldest first, then its header is appended", async (start) => {
+  await using s = await start();
   await using g = await joinInOrder(s, header("a", "h"), header("w", "h"));
   const [a, w] = g.clients;
   a.send("one");
@@ -174,8 +199,8 @@ Deno.test("join: the newcomer gets history oldest first, then its header is appe
   await assert.rejects(c.next(100), /no frame/);
 });
 
-Deno.test("join: the header is not sent live to members already in the channel", async () => {
-  await using s = await startServer();
+test("join: the header is not sent live to members already in the channel", async (start) => {
+  await using s = await start();
   await using g = await joinInOrder(s, header("a", "q"));
   const [a] = g.clients;
   await using b = await TestClient.open(s.wsUrl, header("b", "q"));
@@ -185,8 +210,8 @@ Deno.test("join: the header is not sent live to members already in the channel",
   assert.equal(await a.next(), "after-join");
 });
 
-Deno.test("fan-out: a frame reaches every other member and is never echoed to its sender", async () => {
-  await using s = await startServer();
+test("fan-out: a frame reaches every other member and is never echoed to its sender", async (start) => {
+  await using s = await start();
   await using g = await joinInOrder(s, header("a", "f"), header("b", "f"), header("c", "f"));
   const [a, b, c] = g.clients;
   await b.take(1); // a's header
@@ -200,8 +225,8 @@ Deno.test("fan-out: a frame reaches every other member and is never echoed to it
   assert.equal(await c.next(), "from-b");
 });
 
-Deno.test("fan-out: text and binary keep their type and exact bytes (all 256 byte values, UTF-8)", async () => {
-  await using s = await startServer();
+test("fan-out: text and binary keep their type and exact bytes (all 256 byte values, UTF-8)", async (start) => {
+  await using s = await start();
   await using g = await joinInOrder(s, header("a", "bytes"), header("b", "bytes"));
   const [a, b] = g.clients;
   await b.take(1);
@@ -218,8 +243,8 @@ Deno.test("fan-out: text and binary keep their type and exact bytes (all 256 byt
   assert.deepEqual(h.slice(2), [all, utf8, new Uint8Array(0), ""]);
 });
 
-Deno.test("history: keeps at most MLES_HISTORY_LIMIT frames, dropping the oldest", async () => {
-  await using s = await startServer({ env: { MLES_HISTORY_LIMIT: "5" } });
+test("history: keeps at most MLES_HISTORY_LIMIT frames, dropping the oldest", async (start) => {
+  await using s = await start({ env: { MLES_HISTORY_LIMIT: "5" } });
   await using g = await joinInOrder(s, header("a", "lim"), header("w", "lim"));
   const [a, w] = g.clients;
   await w.take(1);
@@ -231,8 +256,8 @@ Deno.test("history: keeps at most MLES_HISTORY_LIMIT frames, dropping the oldest
   assert.equal(await b.next(), "live", "nothing older than the limit follows the history");
 });
 
-Deno.test("channels: frames never cross from one channel to another", async () => {
-  await using s = await startServer();
+test("channels: frames never cross from one channel to another", async (start) => {
+  await using s = await start();
   await using g = await joinInOrder(
     s,
     header("a", "one"),
@@ -254,8 +279,8 @@ Deno.test("channels: frames never cross from one channel to another", async () =
   assert.equal(a1.pending + a2.pending, 0);
 });
 
-Deno.test("leave: a closed member gets nothing more and the others go on", async () => {
-  await using s = await startServer();
+test("leave: a closed member gets nothing more and the others go on", async (start) => {
+  await using s = await start();
   await using g = await joinInOrder(s, header("a", "l"), header("b", "l"), header("c", "l"));
   const [a, b, c] = g.clients;
   await b.close();
@@ -268,8 +293,8 @@ Deno.test("leave: a closed member gets nothing more and the others go on", async
 
 // ---- 4. Authentication over the wire ----------------------------------------
 
-Deno.test("auth: a server with MLES_KEY accepts SipHash(uid||channel||key)", async () => {
-  await using s = await startServer({ env: { MLES_KEY: "secret" } });
+test("auth: a server with MLES_KEY accepts SipHash(uid||channel||key)", async (start) => {
+  await using s = await start({ env: { MLES_KEY: "secret" } });
   await using a = await TestClient.open(
     s.wsUrl,
     header("alice", "example", { auth: mlesAuth("alice", "example", "secret") }),
@@ -284,15 +309,15 @@ Deno.test("auth: a server with MLES_KEY accepts SipHash(uid||channel||key)", asy
   assert.equal(f, "hi bob");
 });
 
-Deno.test("auth: a server with MLES_KEY refuses a missing auth with 1008", async () => {
-  await using s = await startServer({ env: { MLES_KEY: "secret" } });
+test("auth: a server with MLES_KEY refuses a missing auth with 1008", async (start) => {
+  await using s = await start({ env: { MLES_KEY: "secret" } });
   await using c = await TestClient.open(s.wsUrl, header("alice", "example"));
   const closed = await c.waitClosed();
   assert.deepEqual(closed, { code: 1008, reason: "Cannot join: auth is required by this server" });
 });
 
-Deno.test("auth: a server with MLES_KEY refuses the keyless value with 1008", async () => {
-  await using s = await startServer({ env: { MLES_KEY: "secret" } });
+test("auth: a server with MLES_KEY refuses the keyless value with 1008", async (start) => {
+  await using s = await start({ env: { MLES_KEY: "secret" } });
   await using c = await TestClient.open(
     s.wsUrl,
     header("alice", "example", { auth: "9b3b95527f7c2d80" }),
@@ -303,8 +328,8 @@ Deno.test("auth: a server with MLES_KEY refuses the keyless value with 1008", as
   });
 });
 
-Deno.test("auth: a server without a key accepts no auth and the keyless value, refuses others", async () => {
-  await using s = await startServer();
+test("auth: a server without a key accepts no auth and the keyless value, refuses others", async (start) => {
+  await using s = await start();
   await using _a = await TestClient.open(
     s.wsUrl,
     header("alice", "example", { auth: "9b3b95527f7c2d80" }),
@@ -321,8 +346,8 @@ Deno.test("auth: a server without a key accepts no auth and the keyless value, r
 
 // ---- 5. Sessions --------------------------------------------------------------
 
-Deno.test("session: a second connection with an identical header is closed as a duplicate", async () => {
-  await using s = await startServer();
+test("session: a second connection with an identical header is closed as a duplicate", async (start) => {
+  await using s = await start();
   await using a = await TestClient.open(s.wsUrl, header("a", "dup"));
   await waitFor(() => s.server.hub.memberCount === 1, "a joined");
   await using a2 = await TestClient.open(s.wsUrl, header("a", "dup"));
@@ -336,8 +361,8 @@ Deno.test("session: a second connection with an identical header is closed as a 
   assert.equal(a.ws.readyState, WebSocket.OPEN);
 });
 
-Deno.test("session: the same header can join again as soon as the old socket has closed", async () => {
-  await using s = await startServer();
+test("session: the same header can join again as soon as the old socket has closed", async (start) => {
+  await using s = await start();
   const a = await TestClient.open(s.wsUrl, header("a", "re"));
   await waitFor(() => s.server.hub.memberCount === 1, "a joined");
   await a.close();
@@ -349,9 +374,9 @@ Deno.test("session: the same header can join again as soon as the old socket has
   assert.equal(again.ws.readyState, WebSocket.OPEN);
 });
 
-Deno.test("logs: one line per refused connection, with the reason, never the auth value or the key", async () => {
+test("logs: one line per refused connection, with the reason, never the auth value or the key", async (start) => {
   const lines: string[] = [];
-  await using s = await startServer({
+  await using s = await start({
     env: { MLES_KEY: "sekrit-key" },
     log: new Logger("warn", (l) => lines.push(l)),
   });
