@@ -1,0 +1,37 @@
+/**
+ * @module
+ * A token bucket for per-connection limits (frames per second, bytes per
+ * second). Pure: time comes from an injected clock. Imports nothing.
+ */
+
+/**
+ * A token bucket holding at most one second's worth (`rate`) and refilled
+ * evenly at `rate` per second. It starts full, so a client may burst up to
+ * `rate` at once; after that it may take `rate` per second on average.
+ */
+export class RateBucket {
+  readonly #rate: number;
+  readonly #now: () => number;
+  #tokens: number;
+  #at: number;
+
+  /** `rate` per second (> 0); `now` gives milliseconds (default `performance.now`). */
+  constructor(rate: number, now: () => number = () => performance.now()) {
+    this.#rate = rate;
+    this.#now = now;
+    this.#tokens = rate;
+    this.#at = now();
+  }
+
+  /**
+   * Takes `n` tokens. False once the taker has gone over its allowance (the
+   * tokens stay taken: a refused taker must wait for the refill like any).
+   */
+  take(n: number): boolean {
+    const now = this.#now();
+    this.#tokens = Math.min(this.#rate, this.#tokens + ((now - this.#at) / 1000) * this.#rate);
+    this.#at = now;
+    this.#tokens -= n;
+    return this.#tokens >= 0;
+  }
+}

@@ -1,0 +1,44 @@
+/**
+ * RateBucket as a pure unit: a stepped clock, no sleeps.
+ */
+import assert from "node:assert/strict";
+import { RateBucket } from "../src/rate_bucket.ts";
+
+function clock() {
+  const c = { ms: 1000, now: () => c.ms };
+  return c;
+}
+
+Deno.test("rate bucket: starts full, allows a burst of one second's worth", () => {
+  const c = clock();
+  const b = new RateBucket(10, c.now);
+  for (let i = 0; i < 10; i++) assert.equal(b.take(1), true, `take ${i}`);
+  assert.equal(b.take(1), false);
+});
+
+Deno.test("rate bucket: refills evenly at its rate per second", () => {
+  const c = clock();
+  const b = new RateBucket(10, c.now);
+  assert.equal(b.take(10), true);
+  assert.equal(b.take(1), false); // now at -1
+  c.ms += 200; // +2 tokens
+  assert.equal(b.take(1), true);
+  assert.equal(b.take(1), false);
+});
+
+Deno.test("rate bucket: never holds more than one second's worth", () => {
+  const c = clock();
+  const b = new RateBucket(5, c.now);
+  c.ms += 60_000;
+  assert.equal(b.take(5), true);
+  assert.equal(b.take(1), false);
+});
+
+Deno.test("rate bucket: takes n at once (bytes per second)", () => {
+  const c = clock();
+  const b = new RateBucket(1000, c.now);
+  assert.equal(b.take(600), true);
+  assert.equal(b.take(600), false);
+  c.ms += 1000;
+  assert.equal(b.take(800), true);
+});
