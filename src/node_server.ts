@@ -309,6 +309,15 @@ export async function serveNode(o: NodeServeOptions): Promise<NodeServer> {
     maxPayload: o.maxFrameBytes,
     closeTimeout: o.closeTimeoutMs,
     perMessageDeflate: false,
+    // ws answers pings itself and tears a connection down, with no close
+    // frame, once this many pongs wait to be written. Its default (60) cut
+    // off clients that send a burst of pings and read the pongs (a hundred
+    // pings in one write), which Deno.upgradeWebSocket serves; this bound
+    // still drops a client that floods pings without reading (at most
+    // 4096 pongs of <= 127 bytes wait, beyond the kernel's buffer). Pausing
+    // the socket instead is no bound here: Deno 2.9's node:net keeps
+    // reading a paused socket into memory.
+    maxPendingAutoPongs: 4096,
     handleProtocols: (protocols: Set<string>) =>
       protocols.has(o.subprotocol) ? o.subprotocol : false,
   });
