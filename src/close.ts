@@ -61,6 +61,11 @@ export const CLOSE = {
     code: 1008,
     reason: `Cannot join: limit is ${limit} different channels per hour per address`,
   }),
+  /** A client sent more than this many bytes (MLES_MAX_BUFFERED_BYTES) while its join was pending. */
+  heldTooMuch: (limit: number): Close => ({
+    code: 1013,
+    reason: `Too fast: more than ${limit} bytes sent before the join completed`,
+  }),
   sendFailed: { code: 1011, reason: "Send failed" },
   storeFailed: { code: 1011, reason: "Cannot store frame: history store unavailable" },
   /** Most of the channel's members have a growing backlog of this publisher's frames (a flood). */
