@@ -137,7 +137,11 @@ export class KvWriter {
     this.#bytes += q.bytes;
     if (src) this.#bySource.set(src, mine + q.bytes);
     this.#o.metrics.storeQueueBytes = this.#bytes;
-    if (!this.#running) this.#running = this.#run().finally(() => this.#running = undefined);
+    if (!this.#running) {
+      this.#running = this.#run()
+        .catch((err) => this.#o.log.error("KV writer stopped", { error: errorText(err) }))
+        .finally(() => this.#running = undefined);
+    }
     else this.#wake?.();
     return true;
   }
@@ -215,6 +219,43 @@ export class KvWriter {
 
   /** Commits `plan` once; its versionstamp, or undefined if it threw. */
   async #commit(plan: CommitPlan): Promise<string | undefined> {
+    let op: Deno.AtomicOperation;
+    try {
+      op = this.#build(plan);
+    } catch (err) {
+      // A closed handle throws here, not at commit: the same as a failed commit.
+      this.#o.metrics.kvCommitErrors++;
+      this.#inflight.clear();
+      this.#o.log.warn("KV commit failed, retrying", { error: errorText(err) });
+      return undefined;
+    }
+    const { metrics } = this.#o;
+    this.#commitStarted = Date.now();
+    this.#slowLogged = false;
+    try {
+      const t0 = performance.now();
+      const res = await op.commit();
+      metrics.observeCommit((performance.now() - t0) / 1000);
+      if (this.#slowLogged) {
+        this.#o.log.warn("KV commit completed late", { ms: Date.now() - this.#commitStarted });
+      }
+      if (!res.ok) throw new Error("commit refused a check it does not have");
+      return res.versionstamp;
+    } catch (err) {
+      metrics.kvCommitErrors++;
+      const frames = plan.entries.reduce((n, e) => n + e.frames.length, 0);
+      if (!isDatabaseLocked(err)) {
+        this.#o.log.warn("KV commit failed, retrying", { frames, error: errorText(err) });
+      }
+      return undefined;
+    } finally {
+      this.#commitStarted = 0;
+      this.#inflight.clear();
+    }
+  }
+
+  /** The atomic operation for `plan`; counts its write units and marks its frames in flight. */
+  #build(plan: CommitPlan): Deno.AtomicOperation {
     const { kv, origin, ttlMs, metrics } = this.#o;
     const op = kv.atomic();
     const stamp = kv.commitVersionstamp();
@@ -256,28 +297,7 @@ export class KvWriter {
     }
     metrics.kvCommits++;
     metrics.kvWriteUnits += units;
-    this.#commitStarted = Date.now();
-    this.#slowLogged = false;
-    try {
-      const t0 = performance.now();
-      const res = await op.commit();
-      metrics.observeCommit((performance.now() - t0) / 1000);
-      if (this.#slowLogged) {
-        this.#o.log.warn("KV commit completed late", { ms: Date.now() - this.#commitStarted });
-      }
-      if (!res.ok) throw new Error("commit refused a check it does not have");
-      return res.versionstamp;
-    } catch (err) {
-      metrics.kvCommitErrors++;
-      const frames = plan.entries.reduce((n, e) => n + e.frames.length, 0);
-      if (!isDatabaseLocked(err)) {
-        this.#o.log.warn("KV commit failed, retrying", { frames, error: errorText(err) });
-      }
-      return undefined;
-    } finally {
-      this.#commitStarted = 0;
-      this.#inflight.clear();
-    }
+    return op;
   }
 
   /** A commit succeeded: frames get positions, leave their queues, and are reported stored. */
