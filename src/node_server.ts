@@ -365,6 +365,27 @@ export async function serveNode(o: NodeServeOptions): Promise<NodeServer> {
     };
   };
 
+  /**
+   * Answers a connection over the per-address share the way http.ts answers
+   * an upgrade over MLES_MAX_CONNECTIONS_PER_IP on the `Deno.serve` path
+   * (same status, header and text), without reading its request; it keeps
+   * counting toward the descriptor budget until it is gone (at most 1 s).
+   */
+  const overShare = new WeakSet<Socket>();
+  const refuseOverShare = (socket: Socket) => {
+    overShare.add(socket); // its request, once parsed, is neither served nor upgraded
+    sockets.add(socket);
+    socket.once("close", () => sockets.delete(socket));
+    socket.on("error", () => socket.destroy());
+    socket.resume(); // read and drop the request: unread input would turn our close into a reset
+    setTimeout(() => socket.destroy(), 1000).unref?.();
+    const res = new Response(
+      `Too many open connections: limit is ${o.maxSocketsPerIp} per address\n`,
+      { status: 429, headers: { "retry-after": "5" } },
+    );
+    refuseUpgrade(socket, res).catch(() => socket.destroy());
+  };
+
   server.on("connection", (socket: Socket) => {
     const peer = addressOf(socket);
     if (sockets.size >= o.maxSockets) {
@@ -373,8 +394,8 @@ export async function serveNode(o: NodeServeOptions): Promise<NodeServer> {
     }
     const n = perIp.get(peer) ?? 0;
     if (o.maxSocketsPerIp > 0 && n >= o.maxSocketsPerIp) {
-      socket.destroy();
-      return refused("per-address share", peer);
+      refused("per-address share", peer);
+      return refuseOverShare(socket);
     }
     sockets.add(socket);
     perIp.set(peer, n + 1);
@@ -395,6 +416,7 @@ export async function serveNode(o: NodeServeOptions): Promise<NodeServer> {
   server.on("clientError", (_err: Error, socket: Socket) => socket.destroy());
 
   server.on("request", (req: http.IncomingMessage, res: http.ServerResponse) => {
+    if (overShare.has(req.socket)) return;
     const peer = addressOf(req.socket);
     const request = toRequest(req, scheme);
     const info = {
@@ -410,6 +432,7 @@ export async function serveNode(o: NodeServeOptions): Promise<NodeServer> {
   });
 
   server.on("upgrade", (req: http.IncomingMessage, socket: Socket, head: Buffer) => {
+    if (overShare.has(socket)) return;
     const peer = addressOf(socket);
     socket.on("error", () => socket.destroy());
     if (req.headers.upgrade?.toLowerCase() !== "websocket") return void socket.destroy();
