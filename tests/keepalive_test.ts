@@ -52,36 +52,39 @@ async function silentClient(port: number, first: string) {
   };
 }
 
-Deno.test("keepalive: the server pings a silent client and drops it when no pong comes", async () => {
-  await using s = await startServer({ env: { MLES_PING_INTERVAL_S: "1" } });
-  const c = await silentClient(s.port, JSON.stringify(header("quiet", "k")));
-  await waitFor(() => s.server.hub.joinedCount === 1, "quiet joined");
-  let opcode = 0;
-  const seen: number[] = [];
-  let closePayload: Uint8Array = new Uint8Array(0);
-  while (opcode !== 0x8) {
-    const f = await c.next();
-    opcode = f.opcode;
-    seen.push(opcode);
-    if (opcode === 0x8) closePayload = f.payload;
-  }
-  assert.ok(seen.includes(0x9), `a ping came first (opcodes ${seen})`);
-  assert.equal((closePayload[0] << 8) | closePayload[1], 1001);
-  await waitFor(() => s.server.hub.memberCount === 0, "member removed");
-  c.conn.close();
-});
+// Both transports: Deno.upgradeWebSocket's idleTimeout and node_server.ts's keepAlive.
+for (const transport of ["deno", "node"] as const) {
+  Deno.test(`keepalive: the server pings a silent client and drops it when no pong comes [${transport}]`, async () => {
+    await using s = await startServer({ env: { MLES_PING_INTERVAL_S: "1" }, transport });
+    const c = await silentClient(s.port, JSON.stringify(header("quiet", "k")));
+    await waitFor(() => s.server.hub.joinedCount === 1, "quiet joined");
+    let opcode = 0;
+    const seen: number[] = [];
+    let closePayload: Uint8Array = new Uint8Array(0);
+    while (opcode !== 0x8) {
+      const f = await c.next();
+      opcode = f.opcode;
+      seen.push(opcode);
+      if (opcode === 0x8) closePayload = f.payload;
+    }
+    assert.ok(seen.includes(0x9), `a ping came first (opcodes ${seen})`);
+    assert.equal((closePayload[0] << 8) | closePayload[1], 1001);
+    await waitFor(() => s.server.hub.memberCount === 0, "member removed");
+    c.conn.close();
+  });
 
-Deno.test("keepalive: a client that answers pings stays joined past the idle timeout", async () => {
-  await using s = await startServer({ env: { MLES_PING_INTERVAL_S: "1" } });
-  // Counts the server's pings (each answered) instead of sleeping: four answered
-  // pings span twice the 2 s idle timeout that drops a silent client.
-  await using a = await RawWs.connect(s.wsUrl, { protocol: "mles-websocket", answerPings: true });
-  await a.sendText(JSON.stringify(header("a", "alive")));
-  await waitFor(() => s.server.hub.joinedCount === 1, "a joined");
-  for (let pings = 0; pings < 4;) {
-    const f = await a.next(5000);
-    assert.notEqual(f.opcode, Opcode.close, `closed after ${pings} answered pings`);
-    if (f.opcode === Opcode.ping) pings++;
-  }
-  assert.equal(s.server.hub.joinedCount, 1);
-});
+  Deno.test(`keepalive: a client that answers pings stays joined past the idle timeout [${transport}]`, async () => {
+    await using s = await startServer({ env: { MLES_PING_INTERVAL_S: "1" }, transport });
+    // Counts the server's pings (each answered) instead of sleeping: four answered
+    // pings span twice the 2 s idle timeout that drops a silent client.
+    await using a = await RawWs.connect(s.wsUrl, { protocol: "mles-websocket", answerPings: true });
+    await a.sendText(JSON.stringify(header("a", "alive")));
+    await waitFor(() => s.server.hub.joinedCount === 1, "a joined");
+    for (let pings = 0; pings < 4;) {
+      const f = await a.next(5000);
+      assert.notEqual(f.opcode, Opcode.close, `closed after ${pings} answered pings`);
+      if (f.opcode === Opcode.ping) pings++;
+    }
+    assert.equal(s.server.hub.joinedCount, 1);
+  });
+}
