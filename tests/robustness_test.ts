@@ -158,23 +158,31 @@ Deno.test("robustness: 500 sockets that never send a header do not stop the serv
   assert.equal(await b.next(), "still");
 });
 
-Deno.test("frame limit: a frame over MLES_MAX_FRAME_BYTES closes its sender with 1009; others are unaffected", async () => {
-  await using s = await startServer({ env: { MLES_MAX_FRAME_BYTES: "1000" } });
-  await using g = await joinInOrder(s, header("a", "big"), header("b", "big"), header("c", "big"));
-  const [a, b, c] = g.clients;
-  await b.take(1);
-  await c.take(2);
-  a.send(new Uint8Array(1001));
-  assert.deepEqual(await a.waitClosed(), {
-    code: 1009,
-    reason: "Frame is 1001 bytes, limit is 1000",
+// Both transports: session.ts refuses the frame on Deno.serve's path, node_server.ts at its frame header.
+for (const transport of ["deno", "node"] as const) {
+  Deno.test(`frame limit: a frame over MLES_MAX_FRAME_BYTES closes its sender with 1009; others are unaffected [${transport}]`, async () => {
+    await using s = await startServer({ env: { MLES_MAX_FRAME_BYTES: "1000" }, transport });
+    await using g = await joinInOrder(
+      s,
+      header("a", "big"),
+      header("b", "big"),
+      header("c", "big"),
+    );
+    const [a, b, c] = g.clients;
+    await b.take(1);
+    await c.take(2);
+    a.send(new Uint8Array(1001));
+    assert.deepEqual(await a.waitClosed(), {
+      code: 1009,
+      reason: "Frame is 1001 bytes, limit is 1000",
+    });
+    b.send("x".repeat(1000)); // exactly at the limit is fine
+    assert.equal(await c.next(), "x".repeat(1000));
+    b.send("é".repeat(501)); // 1002 UTF-8 bytes
+    assert.equal((await b.waitClosed()).code, 1009);
+    assert.equal(c.pending, 0);
   });
-  b.send("x".repeat(1000)); // exactly at the limit is fine
-  assert.equal(await c.next(), "x".repeat(1000));
-  b.send("é".repeat(501)); // 1002 UTF-8 bytes
-  assert.equal((await b.waitClosed()).code, 1009);
-  assert.equal(c.pending, 0);
-});
+}
 
 Deno.test("big frames: a 512 KiB binary frame goes through live and comes back from history byte for byte", async () => {
   await using s = await startServer();
