@@ -13,7 +13,7 @@
  */
 import assert from "node:assert/strict";
 import { type Browser, type BrowserContext, chromium, type Page } from "playwright-core";
-import { startServer, TestClient } from "./_helpers.ts";
+import { startServer, TestClient, waitFor } from "./_helpers.ts";
 
 // Deno's type library has no DOM: these are the few shapes the in-page functions touch.
 interface PageElement {
@@ -375,11 +375,21 @@ Deno.test("browser: when the server goes away the page shows the close, says whe
   await using b = await launch();
   const page = await b.open(first.url);
   await join(page, { uid: "alice", channel: "general" });
-  // Connected is not yet joined: a probe that sees Alice's header in the history proves it.
-  {
-    await using probe = await TestClient.open(first.wsUrl, { uid: "probe", channel: "general" });
-    assert.equal(JSON.parse(String(await probe.next())).uid, "alice");
-  }
+  // Connected is not yet joined: a probe that sees Alice's header in the history proves it
+  // (a probe that came too early sees an empty history: try again).
+  let probes = 0;
+  await waitFor(
+    async () => {
+      await using probe = await TestClient.open(first.wsUrl, {
+        uid: `probe${probes++}`,
+        channel: "general",
+      });
+      const f = await probe.next(1000).catch(() => undefined);
+      return f !== undefined && JSON.parse(String(f)).uid === "alice";
+    },
+    "alice's header in history",
+    15_000,
+  );
 
   await first.close();
   await shows(page, "system", "Disconnected: Server is shutting down (code 1001)");
