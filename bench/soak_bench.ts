@@ -313,9 +313,7 @@ export class Chat {
         );
       }, 1000 / rate));
       const other = members[1 - i];
-      other.closed.then((c) =>
-        this.closes.push(`${i === 0 ? "bob" : "alice"}: ${c.code}`)
-      );
+      other.closed.then((c) => this.closes.push(`${i === 0 ? "bob" : "alice"}: ${c.code}`));
       this.#receive(other, dir);
     });
   }
@@ -480,9 +478,7 @@ async function runAdversaries(
   /** Reads until EOF or the end of the run; "eof" if the server ended it. */
   const readToEnd = async (conn: Deno.Conn): Promise<"eof" | "stopped"> => {
     const buf = new Uint8Array(16 * 1024);
-    const stop = sleep(Math.max(0, end - performance.now())).then(() =>
-      "stopped" as const
-    );
+    const stop = sleep(Math.max(0, end - performance.now())).then(() => "stopped" as const);
     for (;;) {
       const r = await Promise.race([conn.read(buf).catch(() => null), stop]);
       if (r === "stopped") return r;
@@ -541,7 +537,8 @@ async function runAdversaries(
           await sleep(1);
         }
         if (c.ws.readyState !== WebSocket.OPEN) {
-          closed("flood", (await c.closed).code);
+          const cl = await c.closed;
+          closed("flood", `${cl.code} ${cl.reason.slice(0, 24)}`);
           await sleep(500); // a flooder reconnects, but not in a hot loop
         }
         await c.close();
@@ -628,7 +625,7 @@ async function runAdversaries(
           setTimeout(() => ws.close(), 20);
         };
         ws.onclose = (ev) => {
-          closed("joinspam", ev.code);
+          closed("joinspam", `${ev.code} ${ev.reason.slice(0, 24)}`);
           done.resolve();
         };
         ws.onerror = () => {};
@@ -717,9 +714,7 @@ export function spawnAdversaries(
 const fmtMiB = (n: number) => `${(n / MiB).toFixed(0)} MiB`;
 const fmtRatio = (xs: number[]) => {
   const s = [...xs].sort((a, b) => a - b);
-  const med = s.length % 2
-    ? s[(s.length - 1) / 2]
-    : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+  const med = s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
   return s.length > 1
     ? `${med.toFixed(2)}x (min ${s[0].toFixed(2)}, max ${
       s[s.length - 1].toFixed(2)
@@ -838,20 +833,16 @@ function printRun(title: string, r: RunResult, seconds: number): void {
   const lines = [
     `${title}`,
     `  quiet chat p99: ${r.quietP99.map((x) => x.toFixed(2)).join(", ")} ms`,
-    `  flood alone (fairness, target 2x): chat p99 ratio ${
-      fmtRatio(r.floodRatios)
-    }`,
+    `  flood alone (fairness, target 2x): chat p99 ratio ${fmtRatio(r.floodRatios)}`,
     `  adversary mix, ${seconds} s in 10 s windows (target 3x): chat p99 ratio ${
       fmtRatio(r.mixRatios)
     }`,
     `  chat frames: sent ${c.sent}, received ${c.received}, lost ${c.lost}, duplicated ${c.duplicated}, reordered ${c.reordered}; chat members closed: ${
       r.chatCloses.length ? r.chatCloses.join(", ") : "none"
     }`,
-    `  server RSS: start ${fmtMiB(r.rssStart)}, peak ${
-      fmtMiB(r.rssPeak)
-    }, after ${fmtMiB(r.rssAfter)} (${
-      ((r.rssAfter / r.rssStart - 1) * 100).toFixed(0)
-    } % over start; target 20 %)`,
+    `  server RSS: start ${fmtMiB(r.rssStart)}, peak ${fmtMiB(r.rssPeak)}, after ${
+      fmtMiB(r.rssAfter)
+    } (${((r.rssAfter / r.rssStart - 1) * 100).toFixed(0)} % over start; target 20 %)`,
     `  server alive at the end: ${r.alive}`,
   ];
   const mix = r.reports[r.reports.length - 1];
