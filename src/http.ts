@@ -16,9 +16,9 @@ const CLOSE_GRACE_MS = 2000;
 export const SUBPROTOCOL = "mles-websocket";
 
 /**
- * Counts new connections per client IP in fixed one-minute windows (two
- * generations of maps, swapped lazily: memory stays bounded by the number
- * of IPs seen in the last two minutes, and no timer is needed).
+ * Counts new connections per client IP in fixed one-minute windows: one map,
+ * replaced lazily when its minute is over, so memory stays bounded by the
+ * number of IPs seen in the current minute and no timer is needed.
  */
 class ConnectionRate {
   readonly #limit: number;
@@ -175,167 +175,244 @@ function peerOf(info?: Deno.ServeHandlerInfo): string {
   }
 }
 
-/** Builds the request handler used by `deno serve`, `Deno.serve` and Deploy. */
-export function createHttpHandler(ctx: HttpContext): HttpHandler {
-  const sockets = new Set<WebSocket>();
-  let closing = false;
-  const rate = ctx.rateLimitPerMinute > 0 ? new ConnectionRate(ctx.rateLimitPerMinute) : undefined;
-  const refuse = (status: number, message: string, peer: string, headers?: HeadersInit) => {
-    ctx.session.log.warn("upgrade refused", { peer, status, reason: message });
-    ctx.metrics.reject(status);
-    return new Response(message + "\n", { status, headers });
-  };
+/**
+ * Which upgrades are accepted (shutdown, subprotocol, connection rate per
+ * address, open sockets per isolate and per address), and the open sockets
+ * those limits count.
+ */
+class Admission {
+  /** Set by shutdown: every later upgrade is refused with 503. */
+  closing = false;
+  /** Open sockets (joined or not) until they close or are given up on. */
+  readonly sockets = new Set<WebSocket>();
+  readonly #ctx: HttpContext;
+  readonly #perIp = new Map<string, number>();
+  readonly #rate: ConnectionRate | undefined;
 
-  const perIp = new Map<string, number>();
-  const joins = (ctx.joinRatePerMinute ?? 0) > 0 || (ctx.channelRatePerHour ?? 0) > 0
-    ? new JoinRate(ctx.joinRatePerMinute ?? 0, ctx.channelRatePerHour ?? 0)
-    : undefined;
-  const session: SessionContext = joins
-    ? { ...ctx.session, admitJoin: (ip, channel) => joins.admit(ip, channel) }
-    : ctx.session;
+  constructor(ctx: HttpContext) {
+    this.#ctx = ctx;
+    this.#rate = ctx.rateLimitPerMinute > 0
+      ? new ConnectionRate(ctx.rateLimitPerMinute)
+      : undefined;
+  }
+
   /** Why an upgrade from `peer` is refused (a Response to send), or undefined to accept it. */
-  const admitUpgrade = (req: Request, peer: string): Response | undefined => {
-    if (closing) return refuse(503, "Server is shutting down", peer);
+  check(req: Request, peer: string): Response | undefined {
+    const ctx = this.#ctx;
+    if (this.closing) return this.#refuse(503, "Server is shutting down", peer);
     if (!offersSubprotocol(req)) {
-      return refuse(400, `Cannot upgrade: offer the WebSocket subprotocol ${SUBPROTOCOL}`, peer);
+      return this.#refuse(
+        400,
+        `Cannot upgrade: offer the WebSocket subprotocol ${SUBPROTOCOL}`,
+        peer,
+      );
     }
-    if (rate && !rate.allow(peer)) {
-      return refuse(
+    if (this.#rate && !this.#rate.allow(peer)) {
+      return this.#refuse(
         429,
         `Too many connections: limit is ${ctx.rateLimitPerMinute} per minute per address`,
         peer,
         { "retry-after": "60" },
       );
     }
-    if (ctx.maxConnections > 0 && sockets.size >= ctx.maxConnections) {
-      return refuse(503, `Too many connections: limit is ${ctx.maxConnections} here`, peer, {
+    if (ctx.maxConnections > 0 && this.sockets.size >= ctx.maxConnections) {
+      return this.#refuse(503, `Too many connections: limit is ${ctx.maxConnections} here`, peer, {
         "retry-after": "5",
       });
     }
     const perIpLimit = ctx.maxSocketsPerIp ?? 0;
-    if (perIpLimit > 0 && (perIp.get(peer) ?? 0) >= perIpLimit) {
-      return refuse(429, `Too many open connections: limit is ${perIpLimit} per address`, peer, {
-        "retry-after": "5",
-      });
+    if (perIpLimit > 0 && (this.#perIp.get(peer) ?? 0) >= perIpLimit) {
+      return this.#refuse(
+        429,
+        `Too many open connections: limit is ${perIpLimit} per address`,
+        peer,
+        { "retry-after": "5" },
+      );
     }
     return undefined;
-  };
+  }
 
-  /**
-   * Runs a session on a socket upgraded by `Deno.upgradeWebSocket` or by
-   * another transport (node_server.ts). `forceClose`, when the transport
-   * has one, tears the TCP connection down at once: it is used when a
-   * client never completes a close the server started.
-   */
-  const adoptSocket = (socket: WebSocket, peer: string, forceClose?: () => void): void => {
-    ctx.metrics.connections++;
-    sockets.add(socket);
-    perIp.set(peer, (perIp.get(peer) ?? 0) + 1);
-    let counted = true;
-    const uncount = () => {
-      if (!counted) return;
-      counted = false;
-      sockets.delete(socket);
-      const n = (perIp.get(peer) ?? 1) - 1;
-      if (n <= 0) perIp.delete(peer);
-      else perIp.set(peer, n);
-    };
-    let stuck: ReturnType<typeof setTimeout> | undefined;
-    socket.addEventListener("close", () => {
-      clearTimeout(stuck);
+  /** Counts an accepted socket from `peer` against the limits. */
+  add(socket: WebSocket, peer: string): void {
+    this.sockets.add(socket);
+    this.#perIp.set(peer, (this.#perIp.get(peer) ?? 0) + 1);
+  }
+
+  /** Stops counting a socket {@link add} counted; call it once per socket. */
+  remove(socket: WebSocket, peer: string): void {
+    this.sockets.delete(socket);
+    const n = (this.#perIp.get(peer) ?? 1) - 1;
+    if (n <= 0) this.#perIp.delete(peer);
+    else this.#perIp.set(peer, n);
+  }
+
+  #refuse(status: number, message: string, peer: string, headers?: HeadersInit): Response {
+    this.#ctx.session.log.warn("upgrade refused", { peer, status, reason: message });
+    this.#ctx.metrics.reject(status);
+    return new Response(message + "\n", { status, headers });
+  }
+}
+
+/** The session context, with the per-address join budgets when any is set. */
+function withJoinBudgets(ctx: HttpContext): SessionContext {
+  const joinsPerMinute = ctx.joinRatePerMinute ?? 0;
+  const channelsPerHour = ctx.channelRatePerHour ?? 0;
+  if (joinsPerMinute <= 0 && channelsPerHour <= 0) return ctx.session;
+  const joins = new JoinRate(joinsPerMinute, channelsPerHour);
+  return { ...ctx.session, admitJoin: (ip, channel) => joins.admit(ip, channel) };
+}
+
+/**
+ * Runs a session on a socket upgraded by `Deno.upgradeWebSocket` or by
+ * another transport (node_server.ts). The socket counts against the limits
+ * until it closes. `forceClose`, when the transport has one, tears the TCP
+ * connection down at once: it is used when a client never completes a close
+ * the server started.
+ */
+function adoptSocket(
+  ctx: HttpContext,
+  admission: Admission,
+  session: SessionContext,
+  socket: WebSocket,
+  peer: string,
+  forceClose?: () => void,
+): void {
+  ctx.metrics.connections++;
+  admission.add(socket, peer);
+  let counted = true;
+  const uncount = () => {
+    if (!counted) return;
+    counted = false;
+    admission.remove(socket, peer);
+  };
+  let stuck: ReturnType<typeof setTimeout> | undefined;
+  socket.addEventListener("close", () => {
+    clearTimeout(stuck);
+    uncount();
+  });
+  // Deno keeps a server socket CLOSING for as long as the client neither
+  // answers the close nor drops TCP (denoland/deno#27924), and offers no way
+  // to force it shut. Such a socket stops counting here after a grace
+  // period, so silent clients cannot use up MLES_MAX_CONNECTIONS. A
+  // transport that can (node_server.ts) closes the TCP connection instead.
+  const onClosing = () => {
+    if (stuck !== undefined) return;
+    stuck = setTimeout(() => {
+      if (socket.readyState === WebSocket.CLOSED || !counted) return;
+      if (forceClose) return forceClose();
       uncount();
-    });
-    // Deno keeps a server socket CLOSING for as long as the client neither
-    // answers the close nor drops TCP (denoland/deno#27924), and offers no way
-    // to force it shut. Such a socket stops counting here after a grace
-    // period, so silent clients cannot use up MLES_MAX_CONNECTIONS. A
-    // transport that can (node_server.ts) closes the TCP connection instead.
-    const onClosing = () => {
-      if (stuck !== undefined) return;
-      stuck = setTimeout(() => {
-        if (socket.readyState === WebSocket.CLOSED || !counted) return;
-        if (forceClose) return forceClose();
-        uncount();
-        ctx.metrics.abandonedSockets++;
-        ctx.session.log.warn("client never completed the close; socket no longer counted", {
-          peer,
-        });
-      }, CLOSE_GRACE_MS);
-    };
-    runSession(socket, session, peer, onClosing);
+      ctx.metrics.abandonedSockets++;
+      ctx.session.log.warn("client never completed the close; socket no longer counted", {
+        peer,
+      });
+    }, CLOSE_GRACE_MS);
   };
+  runSession(socket, session, peer, onClosing);
+}
 
-  const upgrade = (req: Request, info?: Deno.ServeHandlerInfo): Response => {
-    // Read the peer before upgrading: the request is gone afterwards.
-    const peer = peerOf(info);
-    const refused = admitUpgrade(req, peer);
-    if (refused) return refused;
-    const { socket, response } = Deno.upgradeWebSocket(req, {
-      protocol: SUBPROTOCOL,
-      // Deno pings after idleTimeout/2 of silence and closes after idleTimeout:
-      // this gives the Mles 24 s ping cadence with one keepalive, not two.
-      idleTimeout: ctx.session.config.pingIntervalS * 2,
+/** Upgrades an admitted request (`mles-websocket` echoed) and hands the socket to `adopt`. */
+function upgrade(
+  ctx: HttpContext,
+  admission: Admission,
+  adopt: (socket: WebSocket, peer: string) => void,
+  req: Request,
+  info?: Deno.ServeHandlerInfo,
+): Response {
+  // Read the peer before upgrading: the request is gone afterwards.
+  const peer = peerOf(info);
+  const refused = admission.check(req, peer);
+  if (refused) return refused;
+  const { socket, response } = Deno.upgradeWebSocket(req, {
+    protocol: SUBPROTOCOL,
+    // Deno pings after idleTimeout/2 of silence and closes after idleTimeout:
+    // this gives the Mles 24 s ping cadence with one keepalive, not two.
+    idleTimeout: ctx.session.config.pingIntervalS * 2,
+  });
+  adopt(socket, peer);
+  return response;
+}
+
+/** `/healthz`: 200 `{status: "ok"}` when the store answers, else 503; never cached. */
+async function healthz(ctx: HttpContext): Promise<Response> {
+  const ok = await ctx.healthy();
+  const peers = ctx.peers?.();
+  const body = { status: ok ? "ok" : "unavailable", kv: ok, ...(peers ? { peers } : {}) };
+  return Response.json(body, {
+    status: ok ? 200 : 503,
+    headers: { "cache-control": "no-store" },
+  });
+}
+
+/** `/metrics` in Prometheus text format; 401 without the bearer token when one is set. */
+async function metrics(ctx: HttpContext, req: Request): Promise<Response> {
+  if (
+    ctx.metricsToken !== undefined &&
+    req.headers.get("authorization") !== `Bearer ${ctx.metricsToken}`
+  ) {
+    return new Response("Unauthorized: send Authorization: Bearer <MLES_METRICS_TOKEN>\n", {
+      status: 401,
+      headers: { "www-authenticate": "Bearer" },
     });
-    adoptSocket(socket, peer);
-    return response;
-  };
+  }
+  return new Response(await ctx.metrics.render(ctx.gauges()), {
+    headers: { "content-type": "text/plain; version=0.0.4; charset=utf-8" },
+  });
+}
 
-  const fetch = async (req: Request, info?: Deno.ServeHandlerInfo): Promise<Response> => {
-    if (req.headers.get("upgrade")?.toLowerCase() === "websocket") return upgrade(req, info);
-    const { pathname } = new URL(req.url);
-    if (req.method === "GET" || req.method === "HEAD") {
-      if (pathname === "/healthz") {
-        const ok = await ctx.healthy();
-        const peers = ctx.peers?.();
-        const body = { status: ok ? "ok" : "unavailable", kv: ok, ...(peers ? { peers } : {}) };
-        return Response.json(body, {
-          status: ok ? 200 : 503,
-          headers: { "cache-control": "no-store" },
-        });
-      }
-      if (pathname === "/metrics") {
-        if (
-          ctx.metricsToken !== undefined &&
-          req.headers.get("authorization") !== `Bearer ${ctx.metricsToken}`
-        ) {
-          return new Response("Unauthorized: send Authorization: Bearer <MLES_METRICS_TOKEN>\n", {
-            status: 401,
-            headers: { "www-authenticate": "Bearer" },
-          });
-        }
-        return new Response(await ctx.metrics.render(ctx.gauges()), {
-          headers: { "content-type": "text/plain; version=0.0.4; charset=utf-8" },
-        });
-      }
-      const file = await ctx.staticFiles?.(req);
-      if (file) return file;
-      return new Response("Not found\n", { status: 404 });
-    }
+/** Plain HTTP: GET/HEAD of /healthz, /metrics or a static file, else 404; other methods 405. */
+async function serveHttp(ctx: HttpContext, req: Request): Promise<Response> {
+  if (req.method !== "GET" && req.method !== "HEAD") {
     return new Response("Method not allowed\n", { status: 405, headers: { allow: "GET, HEAD" } });
-  };
+  }
+  const { pathname } = new URL(req.url);
+  if (pathname === "/healthz") return await healthz(ctx);
+  if (pathname === "/metrics") return await metrics(ctx, req);
+  const file = await ctx.staticFiles?.(req);
+  return file ?? new Response("Not found\n", { status: 404 });
+}
 
+/** Closes every socket with 1001; resolves when their close handshakes are done or after `waitMs`. */
+async function closeAll(sockets: Iterable<WebSocket>, waitMs: number): Promise<void> {
+  const done = [...sockets].map((s) =>
+    new Promise<void>((resolve) => {
+      s.addEventListener("close", () => resolve(), { once: true });
+      closeQuietly(s, CLOSE.shuttingDown);
+      if (s.readyState === WebSocket.CLOSED) resolve();
+    })
+  );
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  await Promise.race([
+    Promise.all(done),
+    new Promise<void>((r) => timer = setTimeout(r, waitMs)),
+  ]);
+  clearTimeout(timer);
+}
+
+/**
+ * Builds the request handler used by `deno serve`, `Deno.serve` and Deploy:
+ * WebSocket upgrades through {@link Admission} to a session, everything else
+ * to the HTTP routes.
+ */
+export function createHttpHandler(ctx: HttpContext): HttpHandler {
+  const admission = new Admission(ctx);
+  const session = withJoinBudgets(ctx);
+  const adopt = (socket: WebSocket, peer: string, forceClose?: () => void) =>
+    adoptSocket(ctx, admission, session, socket, peer, forceClose);
   return {
-    fetch,
-    admitUpgrade,
-    adoptSocket,
-    async closeSockets(waitMs = 1000) {
-      closing = true;
-      const done = [...sockets].map((s) =>
-        new Promise<void>((resolve) => {
-          s.addEventListener("close", () => resolve(), { once: true });
-          closeQuietly(s, CLOSE.shuttingDown);
-          if (s.readyState === WebSocket.CLOSED) resolve();
-        })
-      );
-      let timer: ReturnType<typeof setTimeout> | undefined;
-      await Promise.race([
-        Promise.all(done),
-        new Promise<void>((r) => timer = setTimeout(r, waitMs)),
-      ]);
-      clearTimeout(timer);
+    fetch: async (req, info) => {
+      if (req.headers.get("upgrade")?.toLowerCase() === "websocket") {
+        return upgrade(ctx, admission, adopt, req, info);
+      }
+      return await serveHttp(ctx, req);
+    },
+    admitUpgrade: (req, peer) => admission.check(req, peer),
+    adoptSocket: adopt,
+    closeSockets(waitMs = 1000) {
+      admission.closing = true;
+      return closeAll(admission.sockets, waitMs);
     },
     get socketCount() {
-      return sockets.size;
+      return admission.sockets.size;
     },
   };
 }
