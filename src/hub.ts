@@ -258,41 +258,42 @@ export class Hub {
 
   /**
    * Sends `d` to every member but its sender. Who pays when a member passes
-   * its bound: if most of the recipients (at least 2) have more than 3/4 of
-   * their bound waiting, the channel is being flooded and the local
-   * publisher is closed (1013 `Too fast`), not its subscribers; otherwise
-   * each member over its bound is a slow reader and is dropped (1013 `Too slow`).
+   * its bound: if most of the other recipients keep up (less than half of
+   * their bound waiting), that member is a slow reader and is dropped
+   * (1013 `Too slow`); if they do not, the channel is being flooded and the
+   * local publisher is closed (1013 `Too fast`), not its subscribers. A
+   * member with no other recipient to compare with, or behind a publisher on
+   * another isolate, is dropped when it passes its bound.
    */
   #fanout(ch: Channel, d: Delivery, sender: Member | undefined): void {
     const max = this.#opts.maxBufferedBytes;
     let sent = 0;
     let recipients = 0;
-    let backlogged = 0;
+    let keepingUp = 0;
     let over: Slot[] | undefined;
     for (const slot of ch.slots.values()) {
       if (slot.member === sender) continue;
       recipients++;
+      let waiting: number;
       if (slot.buffer) {
         slot.buffer.push(d);
         slot.held += approxBytes(d.frame);
-        const waiting = slot.held + slot.member.bufferedAmount;
-        if (waiting > max) (over ??= []).push(slot);
-        continue;
+        waiting = slot.held + slot.member.bufferedAmount;
+      } else {
+        if (!this.#deliverLive(ch, slot, d, false)) continue;
+        sent++;
+        waiting = slot.member.bufferedAmount;
       }
-      if (!this.#deliverLive(ch, slot, d, false)) continue;
-      sent++;
-      const waiting = slot.member.bufferedAmount;
-      if (waiting > max * 0.75) backlogged++;
+      if (waiting < max / 2) keepingUp++;
       if (waiting > max) (over ??= []).push(slot);
     }
     if (sent > 0) this.#opts.onSent?.(sent);
     if (!over) return;
-    if (sender && recipients >= 2 && backlogged * 2 > recipients) {
-      const slot = ch.slots.get(sender);
-      if (slot) this.#drop(ch, slot, CLOSE.publisherTooFast);
-      return;
-    }
-    for (const slot of over ?? []) {
+    const others = recipients - 1;
+    const flood = others >= 1 && keepingUp * 2 < others;
+    const publisher = sender && ch.slots.get(sender);
+    if (flood && publisher) return this.#drop(ch, publisher, CLOSE.publisherTooFast);
+    for (const slot of over) {
       this.#drop(ch, slot, CLOSE.slowConsumer(slot.held + slot.member.bufferedAmount));
     }
   }
