@@ -54,6 +54,7 @@ export interface SessionSocket {
 
 /** Time as a session sees it (milliseconds and timers); tests pass a stepped clock. */
 export interface SessionClock {
+  /** Milliseconds on a monotonic clock. */
   now(): number;
   /** Starts a timer; the returned id is only ever passed to `clearTimeout`. */
   setTimeout(fn: () => void, ms: number): unknown;
@@ -86,14 +87,15 @@ export type SessionState =
   | "closing"
   | "closed";
 
-/** A refused client's close goes out once it has sent nothing for this long... */
+/** A refused client's close goes out once it has sent nothing for this long (exported for tests)... */
 export const DRAIN_QUIET_MS = 50;
-/** ...or at its first frame after this long, whichever comes first. */
+/** ...or at its first frame after this long, whichever comes first (exported for tests). */
 export const DRAIN_MAX_MS = 1000;
 /**
  * A frame held while a join is pending counts at least this many bytes
  * toward the bound (MLES_MAX_BUFFERED_BYTES), so many tiny frames are
- * bounded by what they cost in memory, not by their payload alone.
+ * bounded by what they cost in memory, not by their payload alone
+ * (exported for tests).
  */
 export const HELD_FRAME_MIN_BYTES = 256;
 
