@@ -155,7 +155,11 @@ async function refuseUpgrade(socket: Socket, res: Response): Promise<void> {
   socket.end(Buffer.concat([Buffer.from(head, "latin1"), body]));
 }
 
-function toRequest(req: http.IncomingMessage, scheme: string): Request {
+function toRequest(
+  req: http.IncomingMessage,
+  scheme: string,
+  body?: Uint8Array,
+): Request {
   const headers = new Headers();
   for (let i = 0; i < req.rawHeaders.length; i += 2) {
     try {
@@ -169,8 +173,31 @@ function toRequest(req: http.IncomingMessage, scheme: string): Request {
   } catch {
     url = `${scheme}://localhost/`;
   }
+  if (body !== undefined) {
+    return new Request(url, { method: "POST", headers, body: body as Uint8Array<ArrayBuffer> });
+  }
   return new Request(url, { method: req.method === "HEAD" ? "HEAD" : "GET", headers });
 }
+
+/** A POST body (the peer sync endpoint's), at most MAX_POST_BYTES; undefined if larger. */
+function readBody(req: http.IncomingMessage): Promise<Uint8Array | undefined> {
+  return new Promise((resolve) => {
+    const parts: Buffer[] = [];
+    let n = 0;
+    req.on("data", (c: Buffer) => {
+      n += c.length;
+      if (n > MAX_POST_BYTES) {
+        req.destroy();
+        resolve(undefined);
+      } else parts.push(c);
+    });
+    req.on("end", () => resolve(new Uint8Array(Buffer.concat(parts))));
+    req.on("error", () => resolve(undefined));
+  });
+}
+
+/** Largest POST body read (the peer sync endpoint takes a small JSON object). */
+const MAX_POST_BYTES = 64 * 1024;
 
 async function writeResponse(res: Response, out: http.ServerResponse, head: boolean) {
   const headers: Record<string, string | string[]> = {};
@@ -415,10 +442,15 @@ export async function serveNode(o: NodeServeOptions): Promise<NodeServer> {
   server.on("error", (err: Error) => refused(`listen error: ${err.message}`, "-"));
   server.on("clientError", (_err: Error, socket: Socket) => socket.destroy());
 
-  server.on("request", (req: http.IncomingMessage, res: http.ServerResponse) => {
+  server.on("request", async (req: http.IncomingMessage, res: http.ServerResponse) => {
     if (overShare.has(req.socket)) return;
     const peer = addressOf(req.socket);
-    const request = toRequest(req, scheme);
+    let body: Uint8Array | undefined;
+    if (req.method === "POST") {
+      body = await readBody(req);
+      if (body === undefined) return void res.writeHead(413).end();
+    }
+    const request = toRequest(req, scheme, body);
     const info = {
       remoteAddr: { transport: "tcp", hostname: peer, port: req.socket.remotePort ?? 0 },
     } as unknown as Deno.ServeHandlerInfo;

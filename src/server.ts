@@ -197,19 +197,30 @@ export async function createServer(config: Config, deps: ServerDeps = {}): Promi
     });
   }
 
+  // Resync between mles-deno peers (authorized by the peer key inside), on
+  // every transport: Deno.serve calls `fetch`, the node transport `http.fetch`.
+  const fetch: HttpHandler["fetch"] = (req, info) => {
+    if (peerGate && req.method === "POST" && new URL(req.url).pathname === PEER_SYNC_PATH) {
+      return peerGate.handleSync(req);
+    }
+    return http.fetch(req, info);
+  };
   let closed: Promise<void> | undefined;
   return {
-    fetch: (req, info) => {
-      // Resync between mles-deno peers (authorized by the peer key inside).
-      if (peerGate && req.method === "POST" && new URL(req.url).pathname === PEER_SYNC_PATH) {
-        return peerGate.handleSync(req);
-      }
-      return http.fetch(req, info);
-    },
+    fetch,
     hub,
     metrics,
     peering,
-    http,
+    // The same handler with the sync route, for transports that upgrade by themselves.
+    http: {
+      fetch,
+      closeSockets: (waitMs) => http.closeSockets(waitMs),
+      get socketCount() {
+        return http.socketCount;
+      },
+      admitUpgrade: (req, peer) => http.admitUpgrade(req, peer),
+      adoptSocket: (socket, peer, forceClose) => http.adoptSocket(socket, peer, forceClose),
+    },
     peerGate,
     close() {
       closed ??= (async () => {
