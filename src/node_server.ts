@@ -315,12 +315,8 @@ function keepAlive(ws: NodeWebSocket, socket: Socket, intervalMs: number): void 
   ws.once("close", () => clearTimeout(timer));
 }
 
-/**
- * Serves `handler` with node:http and npm:ws. Resolves once listening.
- * @throws when the port cannot be bound.
- */
-export async function serveNode(o: NodeServeOptions): Promise<NodeServer> {
-  const scheme = o.tls ? "https" : "http";
+/** Creates the HTTP(S) server with the slow-header and idle bounds. */
+function createServer(o: NodeServeOptions): http.Server {
   const server = o.tls
     ? https.createServer({ cert: o.tls.cert, key: o.tls.key, connectionsCheckingInterval: 1000 })
     : http.createServer({ connectionsCheckingInterval: 1000 });
@@ -330,8 +326,12 @@ export async function serveNode(o: NodeServeOptions): Promise<NodeServer> {
   server.headersTimeout = o.headersTimeoutMs;
   server.requestTimeout = Math.max(o.headersTimeoutMs, 30_000);
   server.keepAliveTimeout = Math.min(5_000, o.idleTimeoutMs);
+  return server;
+}
 
-  const wss = new WebSocketServer({
+/** The WebSocket side: frames bounded by MLES_MAX_FRAME_BYTES, the subprotocol required. */
+function createWss(o: NodeServeOptions): WebSocketServer {
+  return new WebSocketServer({
     noServer: true,
     maxPayload: o.maxFrameBytes,
     closeTimeout: o.closeTimeoutMs,
@@ -348,11 +348,16 @@ export async function serveNode(o: NodeServeOptions): Promise<NodeServer> {
     handleProtocols: (protocols: Set<string>) =>
       protocols.has(o.subprotocol) ? o.subprotocol : false,
   });
+}
 
-  const sockets = new Set<Socket>();
-  const perIp = new Map<string, number>();
-  /** A refusal burst: logged when it starts and summed up once a second passes without one. */
-  let burst:
+/**
+ * Refused connections, logged once per burst: a line when a burst starts
+ * and a summary once a second passes without a refusal.
+ */
+class RefusalLog {
+  readonly #o: NodeServeOptions;
+  readonly #open: () => number;
+  #burst:
     | {
       since: number;
       count: number;
@@ -361,124 +366,187 @@ export async function serveNode(o: NodeServeOptions): Promise<NodeServer> {
       timer: ReturnType<typeof setTimeout>;
     }
     | undefined;
-  const endBurst = () => {
-    if (!burst) return;
-    if (burst.count !== burst.seen) {
-      burst.seen = burst.count;
-      burst.timer = setTimeout(endBurst, 1000);
-      return;
-    }
-    o.log.warn("stopped refusing connections", {
-      reason: burst.reason,
-      refused: burst.count,
-      ms: Date.now() - burst.since,
-      open: sockets.size,
-    });
-    burst = undefined;
-  };
-  const refused = (reason: string, peer: string) => {
-    o.metrics.refusedSockets++;
-    if (burst) {
-      burst.count++;
-      return;
-    }
-    o.log.warn("refusing connections", { reason, peer, open: sockets.size, limit: o.maxSockets });
-    burst = {
-      since: Date.now(),
-      count: 1,
-      seen: 1,
-      reason,
-      timer: setTimeout(endBurst, 1000),
-    };
-  };
 
-  /**
-   * Answers a connection over the per-address share the way http.ts answers
-   * an upgrade over MLES_MAX_CONNECTIONS_PER_IP on the `Deno.serve` path
-   * (same status, header and text), without reading its request; it keeps
-   * counting toward the descriptor budget until it is gone (at most 1 s).
-   */
-  const overShare = new WeakSet<Socket>();
-  const refuseOverShare = (socket: Socket) => {
-    overShare.add(socket); // its request, once parsed, is neither served nor upgraded
-    sockets.add(socket);
-    socket.once("close", () => sockets.delete(socket));
+  constructor(o: NodeServeOptions, open: () => number) {
+    this.#o = o;
+    this.#open = open;
+  }
+
+  /** Counts (metric) and logs a refused connection. */
+  refused(reason: string, peer: string): void {
+    this.#o.metrics.refusedSockets++;
+    if (this.#burst) {
+      this.#burst.count++;
+      return;
+    }
+    this.#o.log.warn("refusing connections", {
+      reason,
+      peer,
+      open: this.#open(),
+      limit: this.#o.maxSockets,
+    });
+    const timer = setTimeout(() => this.#end(), 1000);
+    this.#burst = { since: Date.now(), count: 1, seen: 1, reason, timer };
+  }
+
+  #end(): void {
+    const b = this.#burst;
+    if (!b) return;
+    if (b.count !== b.seen) {
+      b.seen = b.count;
+      b.timer = setTimeout(() => this.#end(), 1000);
+      return;
+    }
+    this.#o.log.warn("stopped refusing connections", {
+      reason: b.reason,
+      refused: b.count,
+      ms: Date.now() - b.since,
+      open: this.#open(),
+    });
+    this.#burst = undefined;
+  }
+
+  /** Stops the summary timer. */
+  close(): void {
+    if (this.#burst) clearTimeout(this.#burst.timer);
+    this.#burst = undefined;
+  }
+}
+
+/**
+ * Open TCP connections, within the descriptor budget and the per-address
+ * share. A connection over the share is answered the way http.ts answers an
+ * upgrade over MLES_MAX_CONNECTIONS_PER_IP on the `Deno.serve` path (same
+ * status, header and text), without reading its request; it keeps counting
+ * toward the budget until it is gone (at most 1 s).
+ */
+class Connections {
+  readonly sockets = new Set<Socket>();
+  /** Connections over the per-address share: their requests are neither served nor upgraded. */
+  readonly overShare = new WeakSet<Socket>();
+  readonly #perIp = new Map<string, number>();
+  readonly #o: NodeServeOptions;
+  readonly #log: RefusalLog;
+
+  constructor(o: NodeServeOptions, log: RefusalLog) {
+    this.#o = o;
+    this.#log = log;
+  }
+
+  /** Takes a new connection, or refuses it (closed at once, or a 429 over the share). */
+  accept(socket: Socket): void {
+    const peer = addressOf(socket);
+    if (this.sockets.size >= this.#o.maxSockets) {
+      socket.destroy();
+      return this.#log.refused("descriptor budget", peer);
+    }
+    const n = this.#perIp.get(peer) ?? 0;
+    if (this.#o.maxSocketsPerIp > 0 && n >= this.#o.maxSocketsPerIp) {
+      this.#log.refused("per-address share", peer);
+      return this.#refuseOverShare(socket);
+    }
+    this.sockets.add(socket);
+    this.#perIp.set(peer, n + 1);
+    // Silence before a request (or between requests) ends the connection;
+    // ws turns this off on upgrade, where the Mles ping takes over.
+    socket.setTimeout(this.#o.idleTimeoutMs);
+    socket.on("timeout", () => socket.destroy());
+    socket.once("close", () => {
+      this.sockets.delete(socket);
+      const left = (this.#perIp.get(peer) ?? 1) - 1;
+      if (left <= 0) this.#perIp.delete(peer);
+      else this.#perIp.set(peer, left);
+    });
+  }
+
+  #refuseOverShare(socket: Socket): void {
+    this.overShare.add(socket);
+    this.sockets.add(socket);
+    socket.once("close", () => this.sockets.delete(socket));
     socket.on("error", () => socket.destroy());
     socket.resume(); // read and drop the request: unread input would turn our close into a reset
     setTimeout(() => socket.destroy(), 1000).unref?.();
     const res = new Response(
-      `Too many open connections: limit is ${o.maxSocketsPerIp} per address\n`,
+      `Too many open connections: limit is ${this.#o.maxSocketsPerIp} per address\n`,
       { status: 429, headers: { "retry-after": "5" } },
     );
     refuseUpgrade(socket, res).catch(() => socket.destroy());
-  };
+  }
+}
 
-  server.on("connection", (socket: Socket) => {
-    const peer = addressOf(socket);
-    if (sockets.size >= o.maxSockets) {
-      socket.destroy();
-      return refused("descriptor budget", peer);
-    }
-    const n = perIp.get(peer) ?? 0;
-    if (o.maxSocketsPerIp > 0 && n >= o.maxSocketsPerIp) {
-      refused("per-address share", peer);
-      return refuseOverShare(socket);
-    }
-    sockets.add(socket);
-    perIp.set(peer, n + 1);
-    // Silence before a request (or between requests) ends the connection;
-    // ws turns this off on upgrade, where the Mles ping takes over.
-    socket.setTimeout(o.idleTimeoutMs);
-    socket.on("timeout", () => socket.destroy());
-    socket.once("close", () => {
-      sockets.delete(socket);
-      const left = (perIp.get(peer) ?? 1) - 1;
-      if (left <= 0) perIp.delete(peer);
-      else perIp.set(peer, left);
-    });
+/** Serves one plain HTTP request through the handler (POST bodies bounded). */
+async function serveRequest(
+  o: NodeServeOptions,
+  scheme: string,
+  req: http.IncomingMessage,
+  res: http.ServerResponse,
+): Promise<void> {
+  const peer = addressOf(req.socket);
+  let body: Uint8Array | undefined;
+  if (req.method === "POST") {
+    body = await readBody(req);
+    if (body === undefined) return void res.writeHead(413).end();
+  }
+  const request = toRequest(req, scheme, body);
+  const info = {
+    remoteAddr: { transport: "tcp", hostname: peer, port: req.socket.remotePort ?? 0 },
+  } as unknown as Deno.ServeHandlerInfo;
+  try {
+    await writeResponse(await o.handler.fetch(request, info), res, req.method === "HEAD");
+  } catch (err) {
+    o.log.error("request failed", { peer, error: err });
+    if (!res.headersSent) res.writeHead(500).end();
+    else res.destroy();
+  }
+}
+
+/** Upgrades one request, or refuses it the way the `Deno.serve` path does. */
+function serveUpgrade(
+  o: NodeServeOptions,
+  scheme: string,
+  wss: WebSocketServer,
+  req: http.IncomingMessage,
+  socket: Socket,
+  head: Buffer,
+): void {
+  const peer = addressOf(socket);
+  socket.on("error", () => socket.destroy());
+  if (req.headers.upgrade?.toLowerCase() !== "websocket") return void socket.destroy();
+  const refusal = o.handler.admitUpgrade(toRequest(req, scheme), peer);
+  if (refusal) return void refuseUpgrade(socket, refusal).catch(() => socket.destroy());
+  wss.handleUpgrade(req, socket, head, (ws: NodeWebSocket) => {
+    boundMessages(ws, o, peer);
+    keepAlive(ws, socket, o.pingIntervalMs);
+    ws.binaryType = "arraybuffer";
+    // `ws` is a WebSocket as far as the session is concerned: the same
+    // readyState numbers, on* handlers and events with `data`/`code`/`reason`,
+    // send(string | bytes), close(code, reason) and bufferedAmount.
+    o.handler.adoptSocket(ws as unknown as WebSocket, peer, () => ws.terminate());
   });
+}
+
+/**
+ * Serves `handler` with node:http and npm:ws. Resolves once listening.
+ * @throws when the port cannot be bound.
+ */
+export async function serveNode(o: NodeServeOptions): Promise<NodeServer> {
+  const scheme = o.tls ? "https" : "http";
+  const server = createServer(o);
+  const wss = createWss(o);
+  const open = { count: () => 0 };
+  const log = new RefusalLog(o, () => open.count());
+  const c = new Connections(o, log);
+  open.count = () => c.sockets.size;
+  server.on("connection", (socket: Socket) => c.accept(socket));
   // An error on the listening socket (EMFILE at accept among others) must
   // never end the process: count it, log it once per burst, keep serving.
-  server.on("error", (err: Error) => refused(`listen error: ${err.message}`, "-"));
+  server.on("error", (err: Error) => log.refused(`listen error: ${err.message}`, "-"));
   server.on("clientError", (_err: Error, socket: Socket) => socket.destroy());
-
-  server.on("request", async (req: http.IncomingMessage, res: http.ServerResponse) => {
-    if (overShare.has(req.socket)) return;
-    const peer = addressOf(req.socket);
-    let body: Uint8Array | undefined;
-    if (req.method === "POST") {
-      body = await readBody(req);
-      if (body === undefined) return void res.writeHead(413).end();
-    }
-    const request = toRequest(req, scheme, body);
-    const info = {
-      remoteAddr: { transport: "tcp", hostname: peer, port: req.socket.remotePort ?? 0 },
-    } as unknown as Deno.ServeHandlerInfo;
-    Promise.resolve(o.handler.fetch(request, info))
-      .then((r) => writeResponse(r, res, req.method === "HEAD"))
-      .catch((err) => {
-        o.log.error("request failed", { peer, error: err });
-        if (!res.headersSent) res.writeHead(500).end();
-        else res.destroy();
-      });
+  server.on("request", (req: http.IncomingMessage, res: http.ServerResponse) => {
+    if (!c.overShare.has(req.socket)) void serveRequest(o, scheme, req, res);
   });
-
   server.on("upgrade", (req: http.IncomingMessage, socket: Socket, head: Buffer) => {
-    if (overShare.has(socket)) return;
-    const peer = addressOf(socket);
-    socket.on("error", () => socket.destroy());
-    if (req.headers.upgrade?.toLowerCase() !== "websocket") return void socket.destroy();
-    const refusal = o.handler.admitUpgrade(toRequest(req, scheme), peer);
-    if (refusal) return void refuseUpgrade(socket, refusal).catch(() => socket.destroy());
-    wss.handleUpgrade(req, socket, head, (ws: NodeWebSocket) => {
-      boundMessages(ws, o, peer);
-      keepAlive(ws, socket, o.pingIntervalMs);
-      ws.binaryType = "arraybuffer";
-      // `ws` is a WebSocket as far as the session is concerned: the same
-      // readyState numbers, on* handlers and events with `data`/`code`/`reason`,
-      // send(string | bytes), close(code, reason) and bufferedAmount.
-      o.handler.adoptSocket(ws as unknown as WebSocket, peer, () => ws.terminate());
-    });
+    if (!c.overShare.has(socket)) serveUpgrade(o, scheme, wss, req, socket, head);
   });
 
   const { promise, resolve, reject } = Promise.withResolvers<void>();
@@ -492,14 +560,13 @@ export async function serveNode(o: NodeServeOptions): Promise<NodeServer> {
   return {
     port: addr.port,
     get openSockets() {
-      return sockets.size;
+      return c.sockets.size;
     },
     async close() {
-      if (burst) clearTimeout(burst.timer);
-      burst = undefined;
+      log.close();
       const closed = new Promise<void>((r) => server.close(() => r()));
       wss.close();
-      for (const s of sockets) s.destroy();
+      for (const s of c.sockets) s.destroy();
       await closed;
     },
   };
