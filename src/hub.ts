@@ -31,6 +31,8 @@ export interface HubOptions {
   readonly onDrop?: (close: Close) => void;
   /** Called with the number of frames sent to members (for metrics). */
   readonly onSent?: (frames: number) => void;
+  /** The clock (ms), for tests; default Date.now. */
+  readonly now?: () => number;
   /** Bytes of history replayed to a newcomer at most (oldest dropped first); 0 = no bound. */
   readonly historyMaxBytes?: number;
   /**
@@ -70,6 +72,9 @@ interface Slot {
   buffer: Delivery[] | null;
   /** Bytes in `buffer`: they count toward the member's bound like bytes waiting to be sent. */
   held: number;
+  /** Bytes waiting to be sent at the last send, and when the member last drained any. */
+  lastWaiting: number;
+  progressAt: number;
   /**
    * The newest stored position this member has been sent (or that its
    * history covered): a frame at or before it is never sent to it again.
@@ -155,6 +160,8 @@ export class Hub {
       member,
       buffer: [],
       held: 0,
+      lastWaiting: 0,
+      progressAt: this.#now(),
       left: false,
       live: false,
       bridge,
@@ -224,6 +231,10 @@ export class Hub {
     };
   }
 
+  #now(): number {
+    return this.#opts.now?.() ?? Date.now();
+  }
+
   #newId(): string {
     return `${this.#origin}.${(this.#nextId++).toString(36)}`;
   }
@@ -267,10 +278,13 @@ export class Hub {
    */
   #fanout(ch: Channel, d: Delivery, sender: Member | undefined): void {
     const max = this.#opts.maxBufferedBytes;
+    const now = this.#now();
+    const size = approxBytes(d.frame);
     let sent = 0;
     let recipients = 0;
     let keepingUp = 0;
     let over: Slot[] | undefined;
+    let stalled: Slot[] | undefined;
     for (const slot of ch.slots.values()) {
       if (slot.member === sender) continue;
       recipients++;
@@ -283,11 +297,22 @@ export class Hub {
         if (!this.#deliverLive(ch, slot, d, false)) continue;
         sent++;
         waiting = slot.member.bufferedAmount;
+        // Drained anything since the last send? A reader that drains nothing
+        // for STALL_MS while a backlog waits is gone, whoever floods.
+        if (waiting < slot.lastWaiting + size) slot.progressAt = now;
+        slot.lastWaiting = waiting;
+        if (waiting > max / 2 && now - slot.progressAt > STALL_MS) {
+          (stalled ??= []).push(slot);
+          continue;
+        }
       }
       if (waiting < max / 2) keepingUp++;
       if (waiting > max) (over ??= []).push(slot);
     }
     if (sent > 0) this.#opts.onSent?.(sent);
+    for (const slot of stalled ?? []) {
+      this.#drop(ch, slot, CLOSE.slowConsumer(slot.member.bufferedAmount));
+    }
     if (!over) return;
     const others = recipients - 1;
     const flood = others >= 1 && keepingUp * 2 < others;
@@ -382,6 +407,9 @@ export class Hub {
 
 /** A newcomer whose history does not drain for this long is dropped as slow. */
 const REPLAY_STALL_MS = 30_000;
+
+/** A member with half its bound waiting that drains nothing for this long is dropped as slow. */
+const STALL_MS = 10_000;
 
 /** Bytes of a frame for buffer accounting (text: UTF-16 units, at most 3x under UTF-8). */
 function approxBytes(f: Frame): number {

@@ -236,3 +236,27 @@ Deno.test("join: history is sent at the pace the newcomer reads, and live frames
   assert.deepEqual(m.got.map((s) => s[0]), [..."0123456789", "l"]);
   assert.equal(m.closed, undefined);
 });
+
+Deno.test("fan-out: a member that drains nothing for 10 s with half its bound waiting is dropped, flood or not", async () => {
+  let clock = 0;
+  const bus = new ScriptedBus();
+  const hub = new Hub(bus, { maxBufferedBytes: 1000, now: () => clock });
+  const pub = new Recorder();
+  const pp = await joinEmpty(hub, bus, pub, "hdr-p");
+  const stuck = new Backlog();
+  const reader = new Backlog();
+  await joinEmpty(hub, bus, stuck, "hdr-s");
+  await joinEmpty(hub, bus, reader, "hdr-r");
+  for (let i = 0; i < 6; i++) {
+    pp.publish(t("x".repeat(100))); // stuck: 600 bytes waiting, over half its bound
+    reader.bufferedAmount = 0;
+  }
+  assert.equal(stuck.closed, undefined, "under its bound and not yet stalled");
+  clock += 10_001;
+  pp.publish(t("y"));
+  const closed = stuck.closed as Close | undefined;
+  assert.equal(closed?.code, 1013);
+  assert.match(closed!.reason, /^Too slow/);
+  assert.equal(reader.closed, undefined);
+  assert.equal(pub.closed, undefined);
+});
