@@ -253,7 +253,7 @@ export class Session {
   }
 
   #join(headerFrame: Frame, after?: () => void): void {
-    const options = this.#joinOptions(headerFrame);
+    const options = joinOptions(headerFrame, this.#link, this.#socket);
     this.#ctx.hub.join(this.#member, this.#header!.channel, options).then(
       (m) => {
         this.#onJoined(m);
@@ -411,29 +411,31 @@ export class Session {
     this.#held = [];
     this.#heldBytes = 0;
   }
+}
 
-  /**
-   * A peer bridge of mles-deno sends the hashes of what it holds
-   * (`resync_have`): it gets only the history frames it lacks, and its
-   * header is not stored (a bridge is not a user joining).
-   */
-  #joinOptions(header: Frame): JoinOptions {
-    const link = this.#link;
-    let have: unknown;
-    if (link) {
-      try {
-        have = JSON.parse(header.data as string).resync_have;
-      } catch { /* parsed before: cannot fail */ }
-    }
-    if (!link || typeof have !== "string") return { header };
-    const socket = this.#socket;
-    return {
-      onHistory: (frames: Frame[]) => {
-        for (const f of frames) link.know(f);
-        link.sendMissing(frames.slice(-RESYNC_FRAMES), have as string, (f) => socket.send(f));
-      },
-    };
+/**
+ * How a session joins the hub. A peer bridge of mles-deno sends the hashes
+ * of what it holds (`resync_have`): it gets only the history frames it
+ * lacks, and its header is not stored (a bridge is not a user joining).
+ */
+function joinOptions(
+  header: Frame,
+  link: PeerLink | undefined,
+  socket: SessionSocket,
+): JoinOptions {
+  let have: unknown;
+  if (link) {
+    try {
+      have = JSON.parse(header.data as string).resync_have;
+    } catch { /* parsed before: cannot fail */ }
   }
+  if (!link || typeof have !== "string") return { header };
+  return {
+    onHistory: (frames: Frame[]) => {
+      for (const f of frames) link.know(f);
+      link.sendMissing(frames.slice(-RESYNC_FRAMES), have as string, (f) => socket.send(f));
+    },
+  };
 }
 
 /**
