@@ -82,12 +82,21 @@ Deno.test("peering: three servers in a ring deliver every frame once to every me
     await Promise.all(members.map(async (m, i) => {
       const got = await collectData(m, (d) => d.length >= per * 2);
       assert.equal(got.length, per * 2, `m${names[i]} got each frame once (${got.length})`);
-      const last = new Map<string, number>();
+      // Each frame once, none echoed. Not in order: in a ring a frame reaches
+      // a server along two paths (directly and through the third server) and
+      // the first copy wins, so two frames of one publisher can swap when they
+      // take different paths (seen 1 run in 4). Order holds along one path.
+      const seen = new Map<string, Set<number>>();
       for (const f of got) {
         const { p, n } = JSON.parse(f);
         assert.notEqual(p, names[i], "never echoed back through the ring");
-        assert.equal(n, (last.get(p) ?? -1) + 1, `order from ${p}`);
-        last.set(p, n);
+        const s = seen.get(p) ?? new Set<number>();
+        assert.ok(!s.has(n), `${p}#${n} twice`);
+        s.add(n);
+        seen.set(p, s);
+      }
+      for (const p of names.filter((x) => x !== names[i])) {
+        assert.equal(seen.get(p)?.size, per, `every frame from ${p}`);
       }
     }));
     // Histories hold the same frames on all three, each once.
