@@ -60,7 +60,7 @@ export interface Config {
   readonly tlsKey: string | undefined;
   /** How long a frame may keep failing to store before its sender is closed (1011). */
   readonly storeTimeoutMs: number;
-  /** Bytes waiting to be stored in KV per isolate; a publisher past it (or past a quarter of it) is closed with 1013. */
+  /** Bytes waiting to be stored in KV per isolate; a publisher past it (or past its share: twice MLES_MAX_BUFFERED_BYTES) is closed with 1013. */
   readonly storeQueueBytes: number;
   /** Bytes of history kept beyond the replayed window for lagging isolates. */
   readonly readerSlackBytes: number;

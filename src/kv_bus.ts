@@ -41,7 +41,7 @@ export interface KvBusOptions {
   readonly storeTimeoutMs?: number;
   /** Bytes waiting to be stored on this isolate, at most (MLES_STORE_QUEUE_BYTES). */
   readonly storeQueueBytes?: number;
-  /** Bytes one publisher may have waiting to be stored (default: a quarter of the queue). */
+  /** Bytes one publisher may have waiting to be stored (default: a quarter of the queue; the server passes twice MLES_MAX_BUFFERED_BYTES). */
   readonly sourceQueueBytes?: number;
   /** A commit waits this long for more frames after the first (MLES_BATCH_DELAY_MS). */
   readonly batchDelayMs?: number;

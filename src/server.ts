@@ -115,7 +115,13 @@ export async function createServer(config: Config, deps: ServerDeps = {}): Promi
       ttlMs: config.channelTtlDays * 86_400_000,
       storeTimeoutMs: config.storeTimeoutMs,
       storeQueueBytes: config.storeQueueBytes,
-      sourceQueueBytes: Math.max(config.maxFrameBytes, Math.floor(config.storeQueueBytes / 4)),
+      // One publisher's share: room for everything it may send while its
+      // join is pending (held up to MLES_MAX_BUFFERED_BYTES) and as much again,
+      // at most half the queue, at least one frame.
+      sourceQueueBytes: Math.max(
+        config.maxFrameBytes,
+        Math.min(2 * config.maxBufferedBytes, Math.floor(config.storeQueueBytes / 2)),
+      ),
       batchDelayMs: config.batchDelayMs,
       origin,
       metrics,
