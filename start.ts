@@ -8,9 +8,13 @@
  * with MLES_TRANSPORT=deno. (`deno serve` ignores PORT; use `--port`.)
  */
 import app, { config, server } from "./main.ts";
-import { SUBPROTOCOL } from "./src/http.ts";
 import { Logger } from "./src/log.ts";
-import { descriptorLimit, descriptorReserve, serveNode } from "./src/node_server.ts";
+import {
+  descriptorLimit,
+  descriptorReserve,
+  nodeServeOptions,
+  serveNode,
+} from "./src/node_server.ts";
 
 let tls: { cert: string; key: string } | undefined;
 if (config.tlsCert && config.tlsKey) {
@@ -46,21 +50,13 @@ if (config.transport === "node") {
   const fds = limit ? Math.min(limit.soft, 10_000_000) : 1024;
   const maxSockets = Math.max(16, fds - descriptorReserve(fds));
   try {
-    await serveNode({
+    await serveNode(nodeServeOptions(config, {
       handler: server.http,
       metrics: server.metrics,
       log,
       port: config.port,
       tls,
-      subprotocol: SUBPROTOCOL,
-      maxHeaderBytes: config.maxHeaderBytes,
-      maxFrameBytes: config.maxFrameBytes,
       maxSockets,
-      maxSocketsPerIp: config.maxConnectionsPerIp,
-      idleTimeoutMs: config.headerTimeoutMs,
-      headersTimeoutMs: config.headerTimeoutMs,
-      closeTimeoutMs: 2000,
-      pingIntervalMs: config.pingIntervalS * 1000,
       onListen: ({ port }) =>
         console.error(
           `mles-deno listening on ${scheme}://0.0.0.0:${port}/ (open files: soft limit ${
@@ -69,7 +65,7 @@ if (config.transport === "node") {
             config.maxConnectionsPerIp || "no limit"
           } per address)`,
         ),
-    });
+    }));
   } catch (err) {
     cannotListen(err);
   }

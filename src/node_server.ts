@@ -20,14 +20,16 @@
  *   `accept` never meets EMFILE (which ends `Deno.serve`'s accept loop and
  *   the process with it).
  *
- * Imports: node:http, node:https, node:net, npm:ws, close, http (type), log (type), metrics (type).
+ * Imports: node:http, node:https, node:net, npm:ws, close, config (type), http, log (type),
+ * metrics (type).
  */
 import * as http from "node:http";
 import * as https from "node:https";
 import type { Socket } from "node:net";
 import { type WebSocket as NodeWebSocket, WebSocketServer } from "ws";
 import { CLOSE } from "./close.ts";
-import type { HttpHandler } from "./http.ts";
+import type { Config } from "./config.ts";
+import { type HttpHandler, SUBPROTOCOL } from "./http.ts";
 import type { Logger } from "./log.ts";
 import type { Metrics } from "./metrics.ts";
 
@@ -65,6 +67,38 @@ export interface NodeServeOptions {
   readonly pingIntervalMs: number;
   /** Called once listening. */
   readonly onListen?: (addr: { hostname: string; port: number }) => void;
+}
+
+/** What {@link nodeServeOptions} takes besides the configuration. */
+export interface NodeServeSite {
+  readonly handler: HttpHandler;
+  readonly metrics: Metrics;
+  readonly log: Logger;
+  readonly port: number;
+  readonly hostname?: string;
+  readonly tls?: { cert: string; key: string };
+  /** TCP connections at once (the descriptor budget). */
+  readonly maxSockets: number;
+  readonly onListen?: (addr: { hostname: string; port: number }) => void;
+}
+
+/**
+ * The options `deno task start` serves with, from the configuration: the
+ * header and frame bounds, the per-address share, the idle, header and close
+ * timeouts, and the Mles keepalive. The one place they are spelled.
+ */
+export function nodeServeOptions(config: Config, site: NodeServeSite): NodeServeOptions {
+  return {
+    ...site,
+    subprotocol: SUBPROTOCOL,
+    maxHeaderBytes: config.maxHeaderBytes,
+    maxFrameBytes: config.maxFrameBytes,
+    maxSocketsPerIp: config.maxConnectionsPerIp,
+    idleTimeoutMs: config.headerTimeoutMs,
+    headersTimeoutMs: config.headerTimeoutMs,
+    closeTimeoutMs: 2000,
+    pingIntervalMs: config.pingIntervalS * 1000,
+  };
 }
 
 /** A running self-hosted server. */

@@ -10,8 +10,7 @@ import { runInNewContext } from "node:vm";
 import { loadConfig } from "../src/config.ts";
 import { Logger } from "../src/log.ts";
 import { createServer, type Server } from "../src/server.ts";
-import { serveNode } from "../src/node_server.ts";
-import { SUBPROTOCOL } from "../src/http.ts";
+import { nodeServeOptions, serveNode } from "../src/node_server.ts";
 import type { KvLatency } from "../bench/latency_kv.ts";
 
 /** A running server for one test. */
@@ -71,22 +70,14 @@ export async function startServer(
   let port: number;
   let stop: () => Promise<void>;
   if (transport === "node") {
-    const node = await serveNode({
+    const node = await serveNode(nodeServeOptions(config, {
       handler: server.http,
       metrics: server.metrics,
       log: options.log ?? new Logger(config.logLevel),
       port: options.port ?? 0,
       hostname: "127.0.0.1",
-      subprotocol: SUBPROTOCOL,
-      maxHeaderBytes: config.maxHeaderBytes,
-      maxFrameBytes: config.maxFrameBytes,
       maxSockets: 10_000,
-      maxSocketsPerIp: config.maxConnectionsPerIp,
-      idleTimeoutMs: config.headerTimeoutMs,
-      headersTimeoutMs: config.headerTimeoutMs,
-      closeTimeoutMs: 2000,
-      pingIntervalMs: config.pingIntervalS * 1000,
-    });
+    }));
     port = node.port;
     stop = () => node.close();
   } else {

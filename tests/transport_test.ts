@@ -10,7 +10,12 @@
 import assert from "node:assert/strict";
 import { loadConfig } from "../src/config.ts";
 import { SUBPROTOCOL } from "../src/http.ts";
-import { descriptorLimit, type NodeServer, serveNode } from "../src/node_server.ts";
+import {
+  descriptorLimit,
+  nodeServeOptions,
+  type NodeServer,
+  serveNode,
+} from "../src/node_server.ts";
 import { createServer, type Server } from "../src/server.ts";
 import { freePort, header, upgradeRequest, waitFor } from "./_helpers.ts";
 import { Opcode, RawWs } from "./raw_ws.ts";
@@ -19,22 +24,14 @@ import { Opcode, RawWs } from "./raw_ws.ts";
 async function startNode(env: Record<string, string> = {}) {
   const config = loadConfig({ MLES_KV: ":memory:", MLES_LOG_LEVEL: "error", ...env });
   const server: Server = await createServer(config);
-  const node: NodeServer = await serveNode({
+  const node: NodeServer = await serveNode(nodeServeOptions(config, {
     handler: server.http,
     metrics: server.metrics,
     log: { warn() {}, error() {} } as never,
     port: 0,
     hostname: "127.0.0.1",
-    subprotocol: SUBPROTOCOL,
-    maxHeaderBytes: config.maxHeaderBytes,
-    maxFrameBytes: config.maxFrameBytes,
     maxSockets: 10_000,
-    maxSocketsPerIp: config.maxConnectionsPerIp,
-    idleTimeoutMs: config.headerTimeoutMs,
-    headersTimeoutMs: config.headerTimeoutMs,
-    closeTimeoutMs: 2000,
-    pingIntervalMs: config.pingIntervalS * 1000,
-  });
+  }));
   const close = async () => {
     await server.close();
     await node.close();
