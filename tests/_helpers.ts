@@ -277,6 +277,30 @@ export async function collect(
   return frames;
 }
 
+/** A data frame of the peering tests: a JSON text `{"p": publisher, "n": seq}`. */
+export const isData = (f: Received): f is string => typeof f === "string" && f.startsWith('{"p"');
+
+/**
+ * Data frames `c` receives until `until` holds, then any that arrive within
+ * `quietMs` more (a late duplicate shows up there: proving an absence needs
+ * some bound where no marker must come after every path).
+ */
+export async function collectData(
+  c: TestClient,
+  until: (data: string[]) => boolean,
+  ms = 20_000,
+  quietMs = 500,
+): Promise<string[]> {
+  const data = await collect(c, (fs) => until(fs as string[]), ms, isData) as string[];
+  try {
+    for (;;) {
+      const f = await c.next(quietMs);
+      if (isData(f)) data.push(f);
+    }
+  } catch { /* quiet */ }
+  return data;
+}
+
 /**
  * Each client sends "ready:<name>" and waits to hear every other's: Mles has
  * no join acknowledgement, so this is how a test knows joins are done and

@@ -7,34 +7,16 @@
 import assert from "node:assert/strict";
 import {
   allReady,
-  collect,
+  collectData,
   freePort,
   header,
+  isData,
   type Proc,
-  type Received,
   startIsolates,
   startProcess,
   TestClient,
   waitFor,
 } from "./_helpers.ts";
-
-const isData = (f: Received): f is string => typeof f === "string" && f.startsWith('{"p"');
-
-/**
- * Data frames `c` receives until `until` holds, then any that arrive within
- * 500 ms more (a late duplicate shows up there: proving an absence needs
- * some bound, and there is no marker that every path must deliver after it).
- */
-async function collectData(c: TestClient, until: (data: string[]) => boolean, ms = 20_000) {
-  const data = await collect(c, (fs) => until(fs as string[]), ms, isData) as string[];
-  try {
-    for (;;) {
-      const f = await c.next(500);
-      if (isData(f)) data.push(f);
-    }
-  } catch { /* quiet */ }
-  return data;
-}
 
 function once(data: string[], expected: string[], what: string) {
   assert.equal(new Set(data).size, data.length, `${what}: no frame twice (${data.length})`);

@@ -5,7 +5,7 @@
 import assert from "node:assert/strict";
 import {
   allReady,
-  collect,
+  collectData,
   freePort,
   header,
   type Proc,
@@ -33,24 +33,6 @@ async function bridgesUp(procs: Proc[]) {
       10_000,
     );
   }
-}
-
-const isData = (f: Received): f is string => typeof f === "string" && f.startsWith('{"p"');
-
-/**
- * Data frames `c` receives until `until` holds, then any that arrive within
- * 400 ms more (a late duplicate shows up there: proving an absence needs
- * some bound, and there is no marker that every path must deliver after it).
- */
-async function collectData(c: TestClient, until: (data: string[]) => boolean, ms = 15_000) {
-  const data = await collect(c, (fs) => until(fs as string[]), ms, isData) as string[];
-  try {
-    for (;;) {
-      const f = await c.next(400);
-      if (isData(f)) data.push(f);
-    }
-  } catch { /* quiet */ }
-  return data;
 }
 
 function ring(ports: number[], dir: string, name: string[]) {
