@@ -33,8 +33,8 @@ import { type HttpHandler, SUBPROTOCOL } from "./http.ts";
 import type { Logger } from "./log.ts";
 import type { Metrics } from "./metrics.ts";
 
-/** Options for {@link serveNode}. */
-export interface NodeServeOptions {
+/** Where and for whom {@link serveNode} serves (what the configuration does not say). */
+export interface NodeServeSite {
   readonly handler: HttpHandler;
   readonly metrics: Metrics;
   readonly log: Logger;
@@ -43,14 +43,20 @@ export interface NodeServeOptions {
   readonly hostname?: string;
   /** PEM certificate and key: serve https:// and wss://. */
   readonly tls?: { cert: string; key: string };
+  /** TCP connections this process keeps open at once; more are closed at accept. */
+  readonly maxSockets: number;
+  /** Called once listening. */
+  readonly onListen?: (addr: { hostname: string; port: number }) => void;
+}
+
+/** Options for {@link serveNode}. */
+export interface NodeServeOptions extends NodeServeSite {
   /** The WebSocket subprotocol to echo. */
   readonly subprotocol: string;
   /** Largest first frame (the Mles header), bounded before it is buffered. */
   readonly maxHeaderBytes: number;
   /** Largest later frame, bounded before it is buffered. */
   readonly maxFrameBytes: number;
-  /** TCP connections this process keeps open at once; more are closed at accept. */
-  readonly maxSockets: number;
   /** TCP connections one address keeps open at once (0 = no per-address bound). */
   readonly maxSocketsPerIp: number;
   /** A connection with no HTTP request (or between requests) is closed after this many ms. */
@@ -65,21 +71,6 @@ export interface NodeServeOptions {
    * `Deno.upgradeWebSocket`'s idleTimeout of twice this on the other path).
    */
   readonly pingIntervalMs: number;
-  /** Called once listening. */
-  readonly onListen?: (addr: { hostname: string; port: number }) => void;
-}
-
-/** What {@link nodeServeOptions} takes besides the configuration. */
-export interface NodeServeSite {
-  readonly handler: HttpHandler;
-  readonly metrics: Metrics;
-  readonly log: Logger;
-  readonly port: number;
-  readonly hostname?: string;
-  readonly tls?: { cert: string; key: string };
-  /** TCP connections at once (the descriptor budget). */
-  readonly maxSockets: number;
-  readonly onListen?: (addr: { hostname: string; port: number }) => void;
 }
 
 /**
