@@ -142,9 +142,7 @@ export async function candidates(
       skip: !nodeOk
         ? "node not found"
         : installErrors[`${BENCH}/baselines`]
-        ? `npm ci in bench/baselines failed: ${
-          installErrors[`${BENCH}/baselines`]
-        }`
+        ? `npm ci in bench/baselines failed: ${installErrors[`${BENCH}/baselines`]}`
         : undefined,
       cmd: () => ["node", "bench/baselines/node_relay.mjs"],
       env: (port) => ({ PORT: String(port) }),
@@ -182,9 +180,7 @@ export async function candidates(
     {
       name: "ours-multi",
       skip: oursSkip ??
-        (exists(`${ROOT}/scripts/start_multi.ts`)
-          ? undefined
-          : "scripts/start_multi.ts missing"),
+        (exists(`${ROOT}/scripts/start_multi.ts`) ? undefined : "scripts/start_multi.ts missing"),
       cmd: () => [deno, "task", "--quiet", "start:multi"],
       // start:multi may only write under .data/ (its --allow-write=.data).
       env: (port) => ({
@@ -196,8 +192,7 @@ export async function candidates(
         MLES_CHANNEL_RATE: "0",
         DENO_JOBS: "2",
       }),
-      cleanup: (port) =>
-        removeGlob(`${ROOT}/.data`, `bench-kv-${port}.sqlite3`),
+      cleanup: (port) => removeGlob(`${ROOT}/.data`, `bench-kv-${port}.sqlite3`),
       metrics: (port) => `http://127.0.0.1:${port}/metrics`,
       isolates: 2,
     },

@@ -16,13 +16,7 @@
 import { parseArgs } from "node:util";
 import { busy, coreTicks } from "./load_core.mjs";
 import { errorText } from "../src/retry.ts";
-import {
-  type Candidate,
-  candidates,
-  installDeps,
-  ROOT,
-  waitReady,
-} from "./candidates.ts";
+import { type Candidate, candidates, installDeps, ROOT, waitReady } from "./candidates.ts";
 import { type Workload, workloadCandidates, WORKLOADS } from "./workloads.ts";
 
 const { values: flags } = parseArgs({
@@ -44,9 +38,7 @@ const { values: flags } = parseArgs({
 });
 if (flags.help) {
   console.log(
-    `deno task bench [--only ${
-      WORKLOADS.map((w) => w.id).join(",")
-    }] [--reps 3] [--seconds 3]
+    `deno task bench [--only ${WORKLOADS.map((w) => w.id).join(",")}] [--reps 3] [--seconds 3]
   [--warmup 1] [--candidates deno-baseline,node-ws,bun,ours,ours-deno,ours-memory,ours-multi]
   [--gen deno|node]
   [--settle 3] [--max-seconds 570] [--out bench/out/NAME.jsonl] [--no-install] [--verbose]
@@ -54,24 +46,18 @@ if (flags.help) {
   workload's own list; ours-memory, ours with MLES_BUS=memory, only on request).
 --settle S: before each run wait up to S s (45 s in all) for both cores to be
   under 25% busy (the machine is shared); the load seen is recorded.
-Default: every workload except ${
-      WORKLOADS.filter((w) => w.optional).map((w) => w.id).join(", ")
-    }.`,
+Default: every workload except ${WORKLOADS.filter((w) => w.optional).map((w) => w.id).join(", ")}.`,
   );
   Deno.exit(0);
 }
 const REPS = Math.max(1, Number(flags.reps));
 const only = flags.only?.split(",").map((s) => s.trim().toUpperCase());
-const selected = WORKLOADS.filter((w) =>
-  only ? only.includes(w.id) : !w.optional
-);
+const selected = WORKLOADS.filter((w) => only ? only.includes(w.id) : !w.optional);
 if (only) {
   const unknown = only.filter((id) => !WORKLOADS.some((w) => w.id === id));
   if (unknown.length) {
     console.error(
-      `Unknown workload ${unknown.join(", ")}: pick from ${
-        WORKLOADS.map((w) => w.id).join(", ")
-      }`,
+      `Unknown workload ${unknown.join(", ")}: pick from ${WORKLOADS.map((w) => w.id).join(", ")}`,
     );
     Deno.exit(2);
   }
@@ -95,8 +81,7 @@ const FIGURES: Record<string, (r: Run) => number | undefined> = {
   p999: (r) => r.latencyUs?.p999 / 1000,
   serverCpu: (r) => r.serverCpu,
   generatorCpu: (r) => r.generatorCpu,
-  perGenCore: (r) =>
-    r.generatorCpu ? r.deliveriesPerSecond / r.generatorCpu : undefined,
+  perGenCore: (r) => r.generatorCpu ? r.deliveriesPerSecond / r.generatorCpu : undefined,
   otherBusy: (r) =>
     r.coreBusy
       ? Math.max(0, r.coreBusy[0] - (r.serverCpu ?? 0)) +
@@ -132,17 +117,14 @@ const out = await Deno.open(outPath, {
   write: true,
   truncate: true,
 });
-const writeLine = (o: unknown) =>
-  out.writeSync(new TextEncoder().encode(JSON.stringify(o) + "\n"));
+const writeLine = (o: unknown) => out.writeSync(new TextEncoder().encode(JSON.stringify(o) + "\n"));
 const tmp = await Deno.makeTempDir({ prefix: "mles-bench-" });
 writeLine({ kind: "machine", ...machine, flags });
 log(
   `machine: ${machine.cpu}, ${machine.nproc} cores, kernel ${machine.kernel}`,
 );
 log(
-  `runtimes: ${
-    Object.entries(machine.runtimes).map(([k, v]) => `${k} ${v}`).join(", ")
-  }`,
+  `runtimes: ${Object.entries(machine.runtimes).map(([k, v]) => `${k} ${v}`).join(", ")}`,
 );
 for (const c of allCandidates) {
   if (c.skip) {
@@ -162,9 +144,7 @@ for (const w of selected) {
       const c = allCandidates.find((c) => c.name === n);
       if (!c) {
         throw new Error(
-          `Unknown candidate ${n}: pick from ${
-            allCandidates.map((c) => c.name).join(", ")
-          }`,
+          `Unknown candidate ${n}: pick from ${allCandidates.map((c) => c.name).join(", ")}`,
         );
       }
       return c;
@@ -186,9 +166,7 @@ for (const p of plan) {
   n++;
   // Stay inside the time limit: skip runs that would not finish before it.
   const same = runs.filter((r) => r.workload === p.w.id);
-  const guess = same.length
-    ? same.reduce((a, r) => a + r.runSeconds, 0) / same.length
-    : 10;
+  const guess = same.length ? same.reduce((a, r) => a + r.runSeconds, 0) / same.length : 10;
   if ((performance.now() - started) / 1000 + guess > limitS) {
     cut++;
     continue;
@@ -470,16 +448,12 @@ interface Stat {
 }
 
 function stat(xs: (number | undefined)[]): Stat | undefined {
-  const v = xs.filter((x): x is number =>
-    typeof x === "number" && Number.isFinite(x)
-  ).sort((
+  const v = xs.filter((x): x is number => typeof x === "number" && Number.isFinite(x)).sort((
     a,
     b,
   ) => a - b);
   if (v.length === 0) return undefined;
-  const m = v.length % 2
-    ? v[(v.length - 1) / 2]
-    : (v[v.length / 2 - 1] + v[v.length / 2]) / 2;
+  const m = v.length % 2 ? v[(v.length - 1) / 2] : (v[v.length / 2 - 1] + v[v.length / 2]) / 2;
   return { median: m, min: v[0], max: v[v.length - 1] };
 }
 
@@ -500,9 +474,7 @@ function summarize(w: Workload): Row[] {
   const rows: Row[] = [];
   const keys = [
     ...new Set(
-      runs.filter((r) => r.workload === w.id).map((r) =>
-        `${r.candidate}\t${r.generator}`
-      ),
+      runs.filter((r) => r.workload === w.id).map((r) => `${r.candidate}\t${r.generator}`),
     ),
   ];
   for (const key of keys) {
@@ -544,14 +516,10 @@ function table(w: Workload, rows: Row[]): string[] {
     s ? `${f(s.median)} (${f(s.min)}–${f(s.max)})` : "–";
   const int = (x: number) => Math.round(x).toLocaleString("en-US");
   const two = (x: number) => x.toFixed(2);
-  const ratio = (r: Row) =>
-    r.ratio === undefined ? "–" : `${r.ratio.toFixed(2)}×`;
-  const who = (r: Row) =>
-    r.candidate + (w.generators ? ` (${r.generator} gen)` : "");
+  const ratio = (r: Row) => r.ratio === undefined ? "–" : `${r.ratio.toFixed(2)}×`;
+  const who = (r: Row) => r.candidate + (w.generators ? ` (${r.generator} gen)` : "");
   const fail = (r: Row) =>
-    r.failed
-      ? ` ⚠ ${r.failed} failed: ${r.errors.join("; ").slice(0, 200)}`
-      : "";
+    r.failed ? ` ⚠ ${r.failed} failed: ${r.errors.join("; ").slice(0, 200)}` : "";
   const out: string[] = [];
   if (w.primary === "rssPerConnectionKiB") {
     out.push(
@@ -562,20 +530,16 @@ function table(w: Workload, rows: Row[]): string[] {
     out.push("| --- | --- | --- | --- | --- |");
     for (const r of rows) {
       out.push(
-        `| ${who(r)} | ${mm(r.s.rssPerConnectionKiB, (x) => x.toFixed(1))} | ${
-          ratio(r)
-        } | ${mm(r.s.rssAfterMiB, (x) => x.toFixed(0))} | ${
-          mm(r.s.joinSeconds, (x) => x.toFixed(1))
-        } |${fail(r)}`,
+        `| ${who(r)} | ${mm(r.s.rssPerConnectionKiB, (x) => x.toFixed(1))} | ${ratio(r)} | ${
+          mm(r.s.rssAfterMiB, (x) => x.toFixed(0))
+        } | ${mm(r.s.joinSeconds, (x) => x.toFixed(1))} |${fail(r)}`,
       );
     }
     return out;
   }
   const kv = rows.some((r) => r.s.kvCommitsPerFrameIn);
   out.push(
-    `| server | deliveries/s | p50 ms | p99 ms | p999 ms | vs ${
-      w.reference ?? "deno-baseline"
-    } (${
+    `| server | deliveries/s | p50 ms | p99 ms | p999 ms | vs ${w.reference ?? "deno-baseline"} (${
       w.primary === "deliveriesPerSecond" ? "deliveries/s" : w.primary
     }) | lost / dup / order | server CPU | gen CPU | others' load |${
       kv
@@ -590,13 +554,11 @@ function table(w: Workload, rows: Row[]): string[] {
   );
   for (const r of rows) {
     out.push(
-      `| ${who(r)} | ${mm(r.s.deliveriesPerSecond, int)} | ${
-        mm(r.s.p50, two)
-      } | ${mm(r.s.p99, two)} | ${mm(r.s.p999, two)} | ${
-        ratio(r)
-      } | ${r.lost} / ${r.dup} / ${r.order} | ${mm(r.s.serverCpu, two)} | ${
-        mm(r.s.generatorCpu, two)
-      } | ${mm(r.s.otherBusy, two)} |` +
+      `| ${who(r)} | ${mm(r.s.deliveriesPerSecond, int)} | ${mm(r.s.p50, two)} | ${
+        mm(r.s.p99, two)
+      } | ${mm(r.s.p999, two)} | ${ratio(r)} | ${r.lost} / ${r.dup} / ${r.order} | ${
+        mm(r.s.serverCpu, two)
+      } | ${mm(r.s.generatorCpu, two)} | ${mm(r.s.otherBusy, two)} |` +
         (kv
           ? ` ${mm(r.s.kvCommitsPerFrameIn, (x) => x.toFixed(3))} | ${
             mm(r.s.kvReadsPerFrameOut, (x) => x.toFixed(4))
@@ -637,9 +599,7 @@ async function machineInfo() {
         stdout: "piped",
         stderr: "null",
       }).output();
-      return o.success
-        ? new TextDecoder().decode(o.stdout).trim().split("\n")[0]
-        : "not available";
+      return o.success ? new TextDecoder().decode(o.stdout).trim().split("\n")[0] : "not available";
     } catch {
       return "not available";
     }

@@ -313,9 +313,7 @@ export class Chat {
         );
       }, 1000 / rate));
       const other = members[1 - i];
-      other.closed.then((c) =>
-        this.closes.push(`${i === 0 ? "bob" : "alice"}: ${c.code}`)
-      );
+      other.closed.then((c) => this.closes.push(`${i === 0 ? "bob" : "alice"}: ${c.code}`));
       this.#receive(other, dir);
     });
   }
@@ -480,9 +478,7 @@ async function runAdversaries(
   /** Reads until EOF or the end of the run; "eof" if the server ended it. */
   const readToEnd = async (conn: Deno.Conn): Promise<"eof" | "stopped"> => {
     const buf = new Uint8Array(16 * 1024);
-    const stop = sleep(Math.max(0, end - performance.now())).then(() =>
-      "stopped" as const
-    );
+    const stop = sleep(Math.max(0, end - performance.now())).then(() => "stopped" as const);
     for (;;) {
       const r = await Promise.race([conn.read(buf).catch(() => null), stop]);
       if (r === "stopped") return r;
@@ -718,9 +714,7 @@ export function spawnAdversaries(
 const fmtMiB = (n: number) => `${(n / MiB).toFixed(0)} MiB`;
 const fmtRatio = (xs: number[]) => {
   const s = [...xs].sort((a, b) => a - b);
-  const med = s.length % 2
-    ? s[(s.length - 1) / 2]
-    : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+  const med = s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
   return s.length > 1
     ? `${med.toFixed(2)}x (min ${s[0].toFixed(2)}, max ${
       s[s.length - 1].toFixed(2)
@@ -841,9 +835,7 @@ function printRun(title: string, r: RunResult, seconds: number): void {
     `${title}`,
     `  quiet chat p99: ${r.quietP99.map((x) => x.toFixed(2)).join(", ")} ms`,
     r.floodRatios.length
-      ? `  flood alone (fairness, target 2x): chat p99 ratio ${
-        fmtRatio(r.floodRatios)
-      }`
+      ? `  flood alone (fairness, target 2x): chat p99 ratio ${fmtRatio(r.floodRatios)}`
       : `  flood alone (fairness): not run`,
     `  adversary mix, ${seconds} s in 10 s windows (target 3x): chat p99 ratio ${
       fmtRatio(r.mixRatios)
@@ -851,11 +843,9 @@ function printRun(title: string, r: RunResult, seconds: number): void {
     `  chat frames: sent ${c.sent}, received ${c.received}, lost ${c.lost}, duplicated ${c.duplicated}, reordered ${c.reordered}; chat members closed: ${
       r.chatCloses.length ? r.chatCloses.join(", ") : "none"
     }`,
-    `  server RSS: start ${fmtMiB(r.rssStart)}, peak ${
-      fmtMiB(r.rssPeak)
-    }, after ${fmtMiB(r.rssAfter)} (${
-      ((r.rssAfter / r.rssStart - 1) * 100).toFixed(0)
-    } % over start; target 20 %)`,
+    `  server RSS: start ${fmtMiB(r.rssStart)}, peak ${fmtMiB(r.rssPeak)}, after ${
+      fmtMiB(r.rssAfter)
+    } (${((r.rssAfter / r.rssStart - 1) * 100).toFixed(0)} % over start; target 20 %)`,
     `  server alive at the end: ${r.alive}`,
   ];
   const mix = r.reports[r.reports.length - 1];

@@ -18,7 +18,7 @@
  *   deno task bench:storage [--only flood1k,flood1m,kill9,bigjoin] [--seconds N]
  */
 import { parseArgs } from "node:util";
-import { header, TestClient } from "../tests/_helpers.ts";
+import { freePort, header, TestClient } from "../tests/_helpers.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -31,13 +31,6 @@ const ONLY = values.only!.split(",");
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const MB = 1e6;
 
-async function freePort(): Promise<number> {
-  const l = Deno.listen({ port: 0, hostname: "127.0.0.1" });
-  const p = (l.addr as Deno.NetAddr).port;
-  l.close();
-  return p;
-}
-
 interface Proc {
   child: Deno.ChildProcess;
   url: string;
@@ -49,7 +42,7 @@ async function startServer(
   kvPath: string,
   env: Record<string, string> = {},
 ): Promise<Proc> {
-  const port = await freePort();
+  const port = freePort();
   const child = new Deno.Command(Deno.execPath(), {
     args: ["run", "--unstable-kv", "-A", "--config", "deno.json", "start.ts"],
     env: {
@@ -136,9 +129,7 @@ try {
       secs * 1000,
       (i) => `${i}|${pad}`.slice(0, 1024),
     );
-    const closed = pub.ws.readyState !== WebSocket.OPEN
-      ? await pub.closed
-      : undefined;
+    const closed = pub.ws.readyState !== WebSocket.OPEN ? await pub.closed : undefined;
     await pub.close().catch(() => {});
     await sleep(3000); // a trim interval and the queue's drain
     const trimmed = await metric(p.url, "mles_trimmed_batches_total");
@@ -146,9 +137,7 @@ try {
     console.log(
       `flood1k: ${sent} frames of 1 KiB in ${secs} s${
         closed ? ` (publisher closed ${closed.code} ${closed.reason})` : ""
-      }; KV file ${
-        fileMB(kv).toFixed(1)
-      } MB after (with WAL); batches trimmed ${trimmed}`,
+      }; KV file ${fileMB(kv).toFixed(1)} MB after (with WAL); batches trimmed ${trimmed}`,
     );
   }
   if (ONLY.includes("flood1m")) {
@@ -163,9 +152,7 @@ try {
     const frame = new Uint8Array(1024 * 1024);
     const secs = Number(values.seconds ?? 20);
     const sent = await flood(pub, secs * 1000, () => frame);
-    const closed = pub.ws.readyState !== WebSocket.OPEN
-      ? await pub.closed
-      : undefined;
+    const closed = pub.ws.readyState !== WebSocket.OPEN ? await pub.closed : undefined;
     const stopAt = performance.now();
     let drainMs = 0;
     for (let i = 0; i < 600; i++) {
@@ -182,11 +169,9 @@ try {
     console.log(
       `flood1m: ${sent} frames of 1 MiB in ${secs} s${
         closed ? ` (publisher closed ${closed.code} ${closed.reason})` : ""
-      }; server RSS ${base.toFixed(0)} MB at start, peak ${
-        peak.toFixed(0)
-      } MB, ${end.toFixed(0)} MB 2 s after; store queue drained ${
-        drainMs.toFixed(0)
-      } ms after the flood stopped`,
+      }; server RSS ${base.toFixed(0)} MB at start, peak ${peak.toFixed(0)} MB, ${
+        end.toFixed(0)
+      } MB 2 s after; store queue drained ${drainMs.toFixed(0)} ms after the flood stopped`,
     );
   }
   if (ONLY.includes("kill9")) {

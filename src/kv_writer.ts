@@ -141,8 +141,7 @@ export class KvWriter {
       this.#running = this.#run()
         .catch((err) => this.#o.log.error("KV writer stopped", { error: errorText(err) }))
         .finally(() => this.#running = undefined);
-    }
-    else this.#wake?.();
+    } else this.#wake?.();
     return true;
   }
 
