@@ -269,8 +269,8 @@ export class Hub {
 
   /**
    * Sends `d` to every member but its sender. Who pays when a member passes
-   * its bound: if most of the other recipients keep up (less than half of
-   * their bound waiting), that member is a slow reader and is dropped
+   * its bound: if most of the other recipients keep up (less than a quarter
+   * of their bound waiting), that member is a slow reader and is dropped
    * (1013 `Too slow`); if they do not, the channel is being flooded and the
    * local publisher is closed (1013 `Too fast`), not its subscribers. A
    * member with no other recipient to compare with, or behind a publisher on
@@ -306,7 +306,7 @@ export class Hub {
           continue;
         }
       }
-      if (waiting < max / 2) keepingUp++;
+      if (waiting < max / 4) keepingUp++;
       if (waiting > max) (over ??= []).push(slot);
     }
     if (sent > 0) this.#opts.onSent?.(sent);

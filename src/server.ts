@@ -117,10 +117,14 @@ export async function createServer(config: Config, deps: ServerDeps = {}): Promi
       storeQueueBytes: config.storeQueueBytes,
       // One publisher's share: room for everything it may send while its
       // join is pending (held up to MLES_MAX_BUFFERED_BYTES) and as much again,
-      // at most half the queue, at least one frame.
-      sourceQueueBytes: Math.max(
-        config.maxFrameBytes,
-        Math.min(2 * config.maxBufferedBytes, Math.floor(config.storeQueueBytes / 2)),
+      // at least a quarter of the queue and one frame, at most the queue.
+      sourceQueueBytes: Math.min(
+        config.storeQueueBytes,
+        Math.max(
+          config.maxFrameBytes,
+          2 * config.maxBufferedBytes,
+          Math.floor(config.storeQueueBytes / 4),
+        ),
       ),
       batchDelayMs: config.batchDelayMs,
       origin,

@@ -54,7 +54,7 @@ async function neverReads(port: number, uid: string, channel: string): Promise<D
 
 Deno.test("slow consumer: a member that never reads is dropped and never stalls the others", async () => {
   await using s = await startServer({
-    env: { MLES_MAX_FRAME_BYTES: "65536", MLES_MAX_BUFFERED_BYTES: "1048576" },
+    env: { MLES_MAX_FRAME_BYTES: "65536", MLES_MAX_BUFFERED_BYTES: "4194304" },
   });
   await using g = await joinInOrder(s, header("pub", "slow"), header("fast", "slow"));
   const [pub, fast] = g.clients;
@@ -63,7 +63,7 @@ Deno.test("slow consumer: a member that never reads is dropped and never stalls 
   await waitFor(() => s.server.hub.joinedCount === 3, "stuck joined");
   const chunk = new Uint8Array(60_000);
   // 30 MB in bursts the fast member keeps up with: far more than the socket
-  // buffers plus the 1 MiB limit for the member that never reads.
+  // buffers plus the 4 MiB limit for the member that never reads.
   // (Bursts of 4: the fast member never has more than a quarter of its bound waiting.)
   for (let i = 0; i < 500; i += 4) {
     for (let k = i; k < i + 4; k++) {
@@ -82,7 +82,7 @@ Deno.test("slow consumer: a member that never reads is dropped and never stalls 
 
 Deno.test("slow consumer: a dropped member is gone at once: its identity can join again while its TCP is still open", async () => {
   await using s = await startServer({
-    env: { MLES_MAX_FRAME_BYTES: "65536", MLES_MAX_BUFFERED_BYTES: "1048576" },
+    env: { MLES_MAX_FRAME_BYTES: "65536", MLES_MAX_BUFFERED_BYTES: "4194304" },
   });
   await using g = await joinInOrder(s, header("pub", "gone"), header("fast", "gone"));
   const [pub, fast] = g.clients;
