@@ -24,7 +24,7 @@
  * the quiet chat (issue 12 targets: mix within 3x, flood alone within 2x, RSS
  * after within 20 % of start).
  *
- * Per-address limits stay at their defaults (256 sockets, 600 joins a
+ * Per-address limits stay at their defaults (1,024 sockets, 600 joins a
  * minute, 600 new channels an hour): the mix holds about 110 sockets from
  * 127.0.0.1 at a time, so none needs raising. The join budget is one
  * address's: once join spam has spent it, the adversaries' own joins are

@@ -109,8 +109,8 @@ Deno.test("row 7: a 61st different channel from one address within an hour is re
   assert.ok(typeof (await again.next()) === "string", "joined a known channel and got its history");
 });
 
-Deno.test("row 7: the 257th open connection of one address gets 429", async () => {
-  await using s = await startServer({ env: { MLES_MAX_CONNECTIONS_PER_IP: "" } });
+Deno.test("row 7: the 257th open connection of one address gets 429 (MLES_MAX_CONNECTIONS_PER_IP=256)", async () => {
+  await using s = await startServer({ env: { MLES_MAX_CONNECTIONS_PER_IP: "256" } });
   const open: TestClient[] = [];
   try {
     for (let i = 0; i < 256; i++) open.push(await TestClient.open(s.wsUrl));
@@ -123,10 +123,11 @@ Deno.test("row 7: the 257th open connection of one address gets 429", async () =
   }
 });
 
-Deno.test("row 7: per-address join and channel budgets are on by default (600 a minute, 600 an hour)", () => {
+Deno.test("row 7: per-address budgets are on by default (1,024 connections, 600 joins a minute, 600 new channels an hour)", () => {
   const c = loadConfig({});
   assert.equal(c.joinRatePerMinute, 600);
   assert.equal(c.channelRatePerHour, 600);
+  assert.equal(c.maxConnectionsPerIp, 1024);
 });
 
 Deno.test("row 6: a channel filled with big frames stays joinable: a newcomer gets the newest 8 MiB (the default bound) and stays", async () => {

@@ -6,7 +6,7 @@
  * subscribers, members that never read (in the chat's channel and the
  * flood's), silent sockets, 60 MiB first frames and join spam, all from
  * 127.0.0.1 at the default per-address limits (the mix holds about 110
- * sockets, under the 256 allowed).
+ * sockets, under the 1,024 allowed).
  *
  * Asserted: every chat frame arrives once and in order and neither chat
  * member is closed; the server is alive at the end; its VmRSS stays under
