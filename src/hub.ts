@@ -291,7 +291,7 @@ export class Hub {
       let waiting: number;
       if (slot.buffer) {
         slot.buffer.push(d);
-        slot.held += approxBytes(d.frame);
+        slot.held += size;
         waiting = slot.held + slot.member.bufferedAmount;
       } else {
         if (!this.#deliverLive(ch, slot, d, false)) continue;
@@ -335,15 +335,15 @@ export class Hub {
    */
   async #drained(ch: Channel, slot: Slot, low: number): Promise<boolean> {
     let last = slot.member.bufferedAmount;
-    let since = Date.now();
+    let since = this.#now();
     while (!slot.left) {
-      const now = slot.member.bufferedAmount;
-      if (now <= low) return true;
-      if (now < last) {
-        last = now;
-        since = Date.now();
-      } else if (Date.now() - since > REPLAY_STALL_MS) {
-        this.#drop(ch, slot, CLOSE.slowConsumer(now));
+      const waiting = slot.member.bufferedAmount;
+      if (waiting <= low) return true;
+      if (waiting < last) {
+        last = waiting;
+        since = this.#now();
+      } else if (this.#now() - since > REPLAY_STALL_MS) {
+        this.#drop(ch, slot, CLOSE.slowConsumer(waiting));
         return false;
       }
       await new Promise((r) => setTimeout(r, 5));

@@ -89,17 +89,13 @@ export class KvBus implements Bus {
       batchDelayMs: options.batchDelayMs ?? KV_BUS_DEFAULTS.batchDelayMs,
       metrics,
       log,
-      onStored: (_channel, ck, frames) => {
-        let bytes = 0;
-        for (const d of frames) {
-          bytes += d.frame.kind === "binary" ? d.frame.data.byteLength : d.frame.data.length;
-        }
-        this.#trimmer.note(ck, frames.length, bytes);
-      },
+      keyOf: (channel) => this.#key(channel),
+      onStored: (ck, bytes) => this.#trimmer.note(ck, bytes),
       onFailed: (channel, d, err) => this.#handler.onPublishFailed(channel, d, err),
     });
     this.#follower = new KvFollower({
       kv,
+      keyOf: (channel) => this.#key(channel),
       reader: this.#reader,
       origin,
       metrics,

@@ -15,7 +15,7 @@
  */
 import { type Delivery, position } from "./frame.ts";
 import type { MovedRecord } from "./kv_format.ts";
-import { channelKey, keys, SHARDS } from "./kv_keys.ts";
+import { keys, SHARDS } from "./kv_keys.ts";
 import type { KvReader } from "./kv_reader.ts";
 import type { Logger } from "./log.ts";
 import type { Metrics } from "./metrics.ts";
@@ -25,6 +25,8 @@ import { backoffMs, errorText, sleep } from "./retry.ts";
 export interface KvFollowerOptions {
   readonly kv: Deno.Kv;
   readonly reader: KvReader;
+  /** The KV key part of a channel (cached by the caller). */
+  readonly keyOf: (channel: string) => Promise<string>;
   /** This isolate's id: batches it wrote are not read back. */
   readonly origin: string;
   readonly metrics: Metrics;
@@ -100,7 +102,7 @@ export class KvFollower {
     }
     const gen = ++f.gen;
     f.ready = false;
-    if (f.ck === "") f.ck = await channelKey(channel);
+    if (f.ck === "") f.ck = await this.#o.keyOf(channel);
     if (f.gen !== gen) return;
     this.#byKey.set(f.ck, f);
     try {

@@ -108,6 +108,8 @@ export interface QueuedFrame {
   readonly chunkCount: number;
   /** Chunks already committed (a frame larger than a commit is written over several). */
   chunksWritten: number;
+  /** Its chunk values, made once when first written (a frame may span several commits). */
+  parts?: Uint8Array[];
   /** Date.now() when queued: the store deadline counts from here. */
   readonly queuedAt: number;
   /** The publisher was already told this frame could not be stored in time. */

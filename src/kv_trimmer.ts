@@ -27,11 +27,6 @@ export interface KvTrimmerOptions extends RetentionOptions {
   readonly intervalMs?: number;
 }
 
-interface Written {
-  frames: number;
-  bytes: number;
-}
-
 interface Listed extends TrimEntry {
   readonly vs: string;
   /** Chunked frames of the batch: [frame id, chunks]. */
@@ -48,8 +43,8 @@ const MAX_DELETE = 4000;
 /** Trims channels after writes; see the module doc. */
 export class KvTrimmer {
   readonly #o: KvTrimmerOptions;
-  /** Channel key -> what was written since its last trim. */
-  readonly #written = new Map<string, Written>();
+  /** Channel key -> bytes written since its last trim. */
+  readonly #written = new Map<string, number>();
   readonly #due = new Set<string>();
   /** Channel key -> the batches this isolate knows are stored (oldest first) and the newest one read. */
   readonly #known = new Map<string, { batches: Listed[]; cursor: string; used: number }>();
@@ -62,21 +57,19 @@ export class KvTrimmer {
   }
 
   /**
-   * Notes that `frames` frames of `bytes` bytes were stored in the channel
+   * Notes that `bytes` bytes of frames were stored in the channel
    * `ck`. The channel is trimmed within the interval (default 1 s), or at
    * once when more than max(1 MiB, slack) bytes were written since its last trim.
    */
-  note(ck: string, frames: number, bytes: number): void {
+  note(ck: string, bytes: number): void {
     if (this.#closed) return;
-    const w = this.#written.get(ck) ?? { frames: 0, bytes: 0 };
-    w.frames += frames;
-    w.bytes += bytes;
-    this.#written.set(ck, w);
+    const written = (this.#written.get(ck) ?? 0) + bytes;
+    this.#written.set(ck, written);
     const o = this.#o;
     // Trimming reads the kept window back, so it runs about once per interval
     // per channel; sooner only when the bytes written since would let the
     // stored history grow past window + 2 x slack.
-    if (w.bytes >= Math.max(1024 * 1024, o.slackBytes)) {
+    if (written >= Math.max(1024 * 1024, o.slackBytes)) {
       this.#due.add(ck);
       this.#kick();
     }

@@ -21,7 +21,7 @@ import {
   type StoredPage,
   toStored,
 } from "./kv_format.ts";
-import { channelKey, keys, shardOf } from "./kv_keys.ts";
+import { keys, shardOf } from "./kv_keys.ts";
 import type { Logger } from "./log.ts";
 import type { Metrics } from "./metrics.ts";
 import { backoffMs, errorText, isDatabaseLocked, sleep } from "./retry.ts";
@@ -46,8 +46,10 @@ export interface KvWriterOptions {
   readonly batchDelayMs: number;
   readonly metrics: Metrics;
   readonly log: Logger;
-  /** Frames of `channel` stored by one commit, with their positions set. */
-  readonly onStored: (channel: string, ck: string, frames: readonly Delivery[]) => void;
+  /** The KV key part of a channel (cached by the caller). */
+  readonly keyOf: (channel: string) => Promise<string>;
+  /** One commit stored `bytes` bytes of frames of the channel keyed `ck` (their positions are set). */
+  readonly onStored: (ck: string, bytes: number) => void;
   /** A frame that was not stored within the store timeout (reported once). */
   readonly onFailed: (channel: string, delivery: Delivery, error: Error) => void;
 }
@@ -77,8 +79,6 @@ export class KvWriter {
   /** Frames of the commit in flight: never dropped from their queue before it settles. */
   readonly #inflight = new Set<QueuedFrame>();
   readonly #bySource = new Map<object, number>();
-  /** Channel name -> KV key part, for channels written recently (at most 10,000). */
-  readonly #keys = new Map<string, string>();
   #bytes = 0;
   #rotation = 0;
   #running: Promise<void> | undefined;
@@ -117,18 +117,14 @@ export class KvWriter {
     if (mine > 0 && mine + q.bytes > this.#o.sourceBytes) return false;
     let ch = this.#channels.get(channel);
     if (!ch) {
-      const known = this.#keys.get(channel);
       const c: WriterChannel = {
         name: channel,
-        ck: known ?? "",
-        shard: known ? shardOf(known) : 0,
+        ck: "",
+        shard: 0,
         queue: [],
-        keyReady: known ? Promise.resolve() : channelKey(channel).then((k) => {
+        keyReady: this.#o.keyOf(channel).then((k) => {
           c.ck = k;
           c.shard = shardOf(k);
-          // A bounded cache: a channel written again needs no new digest.
-          if (this.#keys.size >= 10_000) this.#keys.clear();
-          this.#keys.set(channel, k);
         }),
       };
       this.#channels.set(channel, ch = c);
@@ -280,7 +276,7 @@ export class KvWriter {
       for (const q of e.frames) this.#inflight.add(q);
     }
     for (const c of plan.chunks) {
-      const parts = chunksOf(c.frame.delivery.frame);
+      const parts = c.frame.parts ??= chunksOf(c.frame.delivery.frame);
       for (let i = c.from; i < c.to; i++) {
         op.set(keys.chunk(c.channel.ck, c.frame.delivery.id, i), parts[i], { expireIn: ttlMs });
         units += Math.max(1, Math.ceil(parts[i].byteLength / 1024));
@@ -306,16 +302,16 @@ export class KvWriter {
       const ch = this.#channels.get((e.channel as WriterChannel).name) ??
         e.channel as WriterChannel;
       const n = e.frames.length;
-      const stored: Delivery[] = [];
+      let bytes = 0;
       for (let i = 0; i < n; i++) {
         const q = e.frames[i];
         q.delivery.pos = position(vs, i);
         this.#release(q);
-        stored.push(q.delivery);
+        bytes += q.bytes;
       }
       // The planned frames are the head of the queue: nothing removes in-flight frames.
       ch.queue.splice(0, n);
-      this.#o.onStored(ch.name, ch.ck, stored);
+      this.#o.onStored(ch.ck, bytes);
     }
     this.#o.metrics.storeQueueBytes = this.#bytes;
   }
