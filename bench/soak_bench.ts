@@ -488,7 +488,7 @@ async function runAdversaries(
 
   if (kinds.includes("flood")) {
     const channel = `flood-${tag}`;
-    const chunk = new Uint8Array(4096);
+    const chunk = new Uint8Array(Number(Deno.env.get("SOAK_FLOOD_BYTES") ?? 4096));
     const subscriber = async (i: number) => {
       while (running()) {
         let c: TestClient;

@@ -141,6 +141,17 @@ export interface HttpContext {
   readonly staticFiles?: (req: Request) => Promise<Response | undefined>;
 }
 
+/**
+ * What a transport that upgrades by itself (node_server.ts) can do beyond
+ * the WebSocket API; `Deno.upgradeWebSocket` can do neither.
+ */
+export interface TransportControls {
+  /** Ends the TCP connection now (a client that never answers our close). */
+  readonly forceClose?: () => void;
+  /** Stops reading the client for `ms` (0: reads again now): paces a client over its rates. */
+  readonly pauseReading?: (ms: number) => void;
+}
+
 /** A request handler plus the means to stop it. */
 export interface HttpHandler {
   fetch(req: Request, info?: Deno.ServeHandlerInfo): Promise<Response> | Response;
@@ -157,7 +168,7 @@ export interface HttpHandler {
    */
   admitUpgrade(req: Request, peer: string): Response | undefined;
   /** Runs a session on a socket that transport upgraded; see {@link createHttpHandler}. */
-  adoptSocket(socket: WebSocket, peer: string, forceClose?: () => void): void;
+  adoptSocket(socket: WebSocket, peer: string, controls?: TransportControls): void;
 }
 
 function offersSubprotocol(req: Request): boolean {
@@ -275,8 +286,9 @@ function adoptSocket(
   session: SessionContext,
   socket: WebSocket,
   peer: string,
-  forceClose?: () => void,
+  controls: TransportControls = {},
 ): void {
+  const { forceClose } = controls;
   ctx.metrics.connections++;
   admission.add(socket, peer);
   let counted = true;
@@ -307,7 +319,7 @@ function adoptSocket(
       });
     }, CLOSE_GRACE_MS);
   };
-  runSession(socket, session, peer, onClosing);
+  runSession(socket, session, peer, onClosing, controls.pauseReading);
 }
 
 /** Upgrades an admitted request (`mles-websocket` echoed) and hands the socket to `adopt`. */
@@ -396,8 +408,8 @@ async function closeAll(sockets: Iterable<WebSocket>, waitMs: number): Promise<v
 export function createHttpHandler(ctx: HttpContext): HttpHandler {
   const admission = new Admission(ctx);
   const session = withJoinBudgets(ctx);
-  const adopt = (socket: WebSocket, peer: string, forceClose?: () => void) =>
-    adoptSocket(ctx, admission, session, socket, peer, forceClose);
+  const adopt = (socket: WebSocket, peer: string, controls?: TransportControls) =>
+    adoptSocket(ctx, admission, session, socket, peer, controls);
   return {
     fetch: async (req, info) => {
       if (req.headers.get("upgrade")?.toLowerCase() === "websocket") {

@@ -361,6 +361,12 @@ function createWss(o: NodeServeOptions): WebSocketServer {
     maxPayload: o.maxFrameBytes,
     closeTimeout: o.closeTimeoutMs,
     perMessageDeflate: false,
+    // One message per task: a client whose socket holds megabytes is read a
+    // message at a time between everyone else's I/O. With ws's default
+    // (every message of a 64 KiB read emitted at once) a flooder kept the
+    // event loop and a quiet channel's p99 went from 2 ms to 700 ms
+    // (bench:soak); this way it stays within a few ms.
+    allowSynchronousEvents: false,
     // ws answers pings itself and tears a connection down, with no close
     // frame, once this many pongs wait to be written. Its default (60) cut
     // off clients that send a burst of pings and read the pongs (a hundred
@@ -546,8 +552,34 @@ function serveUpgrade(
     // `ws` is a WebSocket as far as the session is concerned: the same
     // readyState numbers, on* handlers and events with `data`/`code`/`reason`,
     // send(string | bytes), close(code, reason) and bufferedAmount.
-    o.handler.adoptSocket(ws as unknown as WebSocket, peer, () => ws.terminate());
+    o.handler.adoptSocket(ws as unknown as WebSocket, peer, {
+      forceClose: () => ws.terminate(),
+      pauseReading: pacer(ws),
+    });
   });
+}
+
+/**
+ * Stops reading a client for a while (the session paces a client over its
+ * rates this way): ws pauses the TCP socket, so the kernel's buffers fill
+ * and TCP holds the client back; what ws already read still arrives. A new
+ * pause replaces the one running; 0 reads again at once.
+ */
+function pacer(ws: NodeWebSocket): (ms: number) => void {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const resume = () => {
+    clearTimeout(timer);
+    timer = undefined;
+    if (ws.isPaused) ws.resume();
+  };
+  ws.once("close", () => clearTimeout(timer));
+  return (ms) => {
+    if (ms <= 0) return resume();
+    if (ws.readyState !== ws.OPEN) return;
+    clearTimeout(timer);
+    ws.pause();
+    timer = setTimeout(resume, ms);
+  };
 }
 
 /**

@@ -28,10 +28,20 @@ export class RateBucket {
    * tokens stay taken: a refused taker must wait for the refill like any).
    */
   take(n: number): boolean {
+    this.#refill();
+    this.#tokens -= n;
+    return this.#tokens >= 0;
+  }
+
+  /** Milliseconds until the taker is back within its allowance (0 if it is). */
+  waitMs(): number {
+    this.#refill();
+    return this.#tokens >= 0 ? 0 : (-this.#tokens / this.#rate) * 1000;
+  }
+
+  #refill(): void {
     const now = this.#now();
     this.#tokens = Math.min(this.#rate, this.#tokens + ((now - this.#at) / 1000) * this.#rate);
     this.#at = now;
-    this.#tokens -= n;
-    return this.#tokens >= 0;
   }
 }

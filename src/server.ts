@@ -229,7 +229,7 @@ export async function createServer(config: Config, deps: ServerDeps = {}): Promi
         return http.socketCount;
       },
       admitUpgrade: (req, peer) => http.admitUpgrade(req, peer),
-      adoptSocket: (socket, peer, forceClose) => http.adoptSocket(socket, peer, forceClose),
+      adoptSocket: (socket, peer, controls) => http.adoptSocket(socket, peer, controls),
     },
     peerGate,
     close() {

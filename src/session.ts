@@ -50,6 +50,12 @@ export interface SessionSocket {
   readonly bufferedAmount: number;
   /** Starts closing with `close`; never throws, and does nothing once closing or closed. */
   close(close: Close): void;
+  /**
+   * Where the transport can (node_server.ts; `Deno.upgradeWebSocket` cannot):
+   * stops reading the client for `ms` (0: reads again now). TCP then holds
+   * the client back; frames already read may still arrive meanwhile.
+   */
+  pauseReading?(ms: number): void;
 }
 
 /** Time as a session sees it (milliseconds and timers); tests pass a stepped clock. */
@@ -98,6 +104,8 @@ export const DRAIN_MAX_MS = 1000;
  * (exported for tests).
  */
 export const HELD_FRAME_MIN_BYTES = 256;
+/** A paced client is not read for longer than this at a time (its keepalive must still be read). */
+export const MAX_PAUSE_MS = 5000;
 
 function toFrame(data: unknown): Frame {
   if (typeof data === "string") return { kind: "text", data };
@@ -287,6 +295,8 @@ export class Session {
     const h = this.#header!;
     this.#ctx.log.info("joined", { peer: this.#peer, uid: h.uid, channel: h.channel });
     for (const f of held) this.#publish(m, f);
+    // Read again (as soon as the client is within its rates) if held back while joining.
+    if (held.length > 0) this.#socket.pauseReading?.(Math.ceil(this.#rateWaitMs()));
   }
 
   /** Event: the claim or the join failed (the store did not answer). */
@@ -310,15 +320,22 @@ export class Session {
     let size: number | undefined; // measured once, when a check needs it
     if (exceedsBytes(frame, config.maxFrameBytes)) {
       refused = CLOSE.frameTooBig(frameSize(frame), config.maxFrameBytes);
-    } else if (this.#frameRate && !this.#frameRate.take(1)) {
-      refused = CLOSE.tooManyFrames(config.maxFramesPerS);
-    } else if (this.#byteRate && !this.#byteRate.take(size = frameSize(frame))) {
-      refused = CLOSE.tooManyBytes(config.maxBytesPerS);
-    } else if (this.#state === "joining") {
+    } else {
+      // Both buckets take the frame: a paced frame still goes out and counts.
+      const framesOk = this.#frameRate?.take(1) ?? true;
+      const bytesOk = this.#byteRate?.take(size = frameSize(frame)) ?? true;
+      if (!framesOk || !bytesOk) refused = this.#overRate();
+    }
+    if (!refused && this.#state === "joining") {
       size ??= frameSize(frame);
       this.#heldBytes += Math.max(size, HELD_FRAME_MIN_BYTES);
       if (this.#heldBytes <= config.maxBufferedBytes) {
         this.#held.push(frame);
+        // Where the transport can, a client that sends much before its join
+        // completes waits for it instead of being closed at the bound.
+        if (this.#heldBytes > config.maxBufferedBytes / 4) {
+          this.#socket.pauseReading?.(MAX_PAUSE_MS);
+        }
         return;
       }
       refused = CLOSE.heldTooMuch(config.maxBufferedBytes);
@@ -334,6 +351,24 @@ export class Session {
       return this.#drainThenClose(refused);
     }
     this.#publish(this.#membership!, frame, size);
+  }
+
+  /**
+   * The client went over MLES_MAX_FRAMES_PER_S or MLES_MAX_BYTES_PER_S with
+   * the frame just read (which still counts). Where the transport can stop
+   * reading, the client is paced: it is not read again until it is back
+   * within both rates (at most {@link MAX_PAUSE_MS} at a time). Elsewhere
+   * the close to send.
+   */
+  #overRate(): Close | undefined {
+    const { config } = this.#ctx;
+    if (this.#socket.pauseReading) {
+      this.#socket.pauseReading(Math.min(MAX_PAUSE_MS, Math.ceil(this.#rateWaitMs())));
+      return undefined;
+    }
+    return (this.#frameRate?.waitMs() ?? 0) > 0
+      ? CLOSE.tooManyFrames(config.maxFramesPerS)
+      : CLOSE.tooManyBytes(config.maxBytesPerS);
   }
 
   #publish(m: Membership, frame: Frame, size = frameSize(frame)): void {
@@ -369,6 +404,7 @@ export class Session {
   // client refused mid-stream is drained first: its further frames are read
   // and dropped, and the close goes out once it has been quiet for a moment.
   #drainThenClose(close: Close): void {
+    this.#socket.pauseReading?.(0); // draining reads what the client still sends
     this.#release();
     this.#clock.clearTimeout(this.#timer);
     this.#state = "draining";
@@ -388,7 +424,13 @@ export class Session {
     if (this.#state === "draining") this.#closeNow(this.#drain!.close);
   }
 
+  /** Milliseconds until the client is within both of its rates again. */
+  #rateWaitMs(): number {
+    return Math.max(this.#frameRate?.waitMs() ?? 0, this.#byteRate?.waitMs() ?? 0);
+  }
+
   #closeNow(close: Close): void {
+    this.#socket.pauseReading?.(0); // the client's answer to our close must be read
     this.#clock.clearTimeout(this.#timer);
     this.#drain = undefined;
     this.#release();
@@ -456,13 +498,16 @@ export function closeQuietly(socket: WebSocket, close: Close): void {
  * Runs a {@link Session} on an upgraded WebSocket (SPEC sections 2, 3 and
  * 5) and returns it; the socket's events drive the rest. This adapter only
  * converts frames, closes quietly and reports the socket's end.
- * `onClosing` is called whenever the session starts closing the socket.
+ * `onClosing` is called whenever the session starts closing the socket;
+ * `pauseReading`, where the transport has it, paces the client (see
+ * {@link SessionSocket.pauseReading}).
  */
 export function runSession(
   socket: WebSocket,
   ctx: SessionContext,
   peer: string,
   onClosing?: () => void,
+  pauseReading?: (ms: number) => void,
 ): Session {
   socket.binaryType = "arraybuffer";
   const session = new Session(
@@ -475,6 +520,7 @@ export function runSession(
         closeQuietly(socket, close);
         onClosing?.();
       },
+      pauseReading,
     },
     ctx,
     peer,

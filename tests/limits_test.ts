@@ -16,8 +16,8 @@ Deno.test("limits: new connections per IP over MLES_RATE_LIMIT are refused with 
   await Promise.all(ok.map((c) => c.close()));
 });
 
-Deno.test("limits: a connection sending more than MLES_MAX_FRAMES_PER_S is closed 1008; others go on", async () => {
-  await using s = await startServer({ env: { MLES_MAX_FRAMES_PER_S: "20" } });
+Deno.test("limits: on Deno.serve a connection sending more than MLES_MAX_FRAMES_PER_S is closed 1008; others go on", async () => {
+  await using s = await startServer({ env: { MLES_MAX_FRAMES_PER_S: "20" }, transport: "deno" });
   await using g = await joinInOrder(s, header("flood", "r"), header("calm", "r"), header("b", "r"));
   const [flood, calm, b] = g.clients;
   await b.take(2);
@@ -32,8 +32,11 @@ Deno.test("limits: a connection sending more than MLES_MAX_FRAMES_PER_S is close
   assert.equal(f, "calm");
 });
 
-Deno.test("limits: a connection sending more than MLES_MAX_BYTES_PER_S is closed 1008", async () => {
-  await using s = await startServer({ env: { MLES_MAX_BYTES_PER_S: "10000" } });
+Deno.test("limits: on Deno.serve a connection sending more than MLES_MAX_BYTES_PER_S is closed 1008", async () => {
+  await using s = await startServer({
+    env: { MLES_MAX_BYTES_PER_S: "10000", MLES_MAX_FRAME_BYTES: "10000" },
+    transport: "deno",
+  });
   await using g = await joinInOrder(s, header("big", "rb"));
   const [big] = g.clients;
   for (let i = 0; i < 5; i++) big.send(new Uint8Array(4000));
@@ -41,6 +44,44 @@ Deno.test("limits: a connection sending more than MLES_MAX_BYTES_PER_S is closed
     code: 1008,
     reason: "Too many bytes: limit is 10000 per second",
   });
+});
+
+Deno.test("limits: under deno task start a connection over MLES_MAX_FRAMES_PER_S is paced by TCP, not closed; every frame arrives in order", async () => {
+  await using s = await startServer({ env: { MLES_MAX_FRAMES_PER_S: "20" }, transport: "node" });
+  await using g = await joinInOrder(s, header("fast", "pace"), header("b", "pace"));
+  const [fast, b] = g.clients;
+  await b.take(1); // fast's join
+  const t0 = performance.now();
+  const pad = "x".repeat(16 * 1024);
+  for (let i = 0; i < 60; i++) fast.send(`f${i}|${pad}`);
+  const got = await b.take(60, 10_000);
+  const ms = performance.now() - t0;
+  assert.deepEqual(got, Array.from({ length: 60 }, (_, i) => `f${i}|${pad}`));
+  // 20 at once (the burst) and what the server had already read when it
+  // stopped reading (at most about 128 KiB: 8 of these frames), then the
+  // rest at 20 a second: at least 1.6 s.
+  assert.ok(ms >= 1000, `paced: 60 frames at 20 per second took ${ms.toFixed(0)} ms`);
+  assert.equal(fast.ws.readyState, WebSocket.OPEN, "the fast client is still connected");
+  fast.send("after");
+  assert.equal(await b.next(5000), "after");
+});
+
+Deno.test("limits: under deno task start a connection over MLES_MAX_BYTES_PER_S is paced likewise", async () => {
+  await using s = await startServer({
+    env: { MLES_MAX_BYTES_PER_S: "100000", MLES_MAX_FRAME_BYTES: "100000" },
+    transport: "node",
+  });
+  await using g = await joinInOrder(s, header("big", "paceb"), header("b", "paceb"));
+  const [big, b] = g.clients;
+  await b.take(1);
+  const t0 = performance.now();
+  for (let i = 0; i < 25; i++) big.send(new Uint8Array(10_000).fill(i));
+  const got = await b.take(25, 10_000);
+  const ms = performance.now() - t0;
+  assert.deepEqual(got.map((f) => (f as Uint8Array)[0]), Array.from({ length: 25 }, (_, i) => i));
+  // 100,000 bytes at once, then 150,000 more at 100,000 a second: about 1.5 s.
+  assert.ok(ms >= 1000, `paced: 250,000 bytes at 100,000 per second took ${ms.toFixed(0)} ms`);
+  assert.equal(big.ws.readyState, WebSocket.OPEN);
 });
 
 Deno.test("limits: connections beyond MLES_MAX_CONNECTIONS are refused with 503", async () => {
@@ -131,7 +172,9 @@ Deno.test("row 7: per-address budgets are on by default (1,024 connections, 600 
 });
 
 Deno.test("row 6: a channel filled with big frames stays joinable: a newcomer gets the newest 8 MiB (the default bound) and stays", async () => {
-  await using s = await startServer({ env: { MLES_KV: ":memory:" } }); // default MLES_HISTORY_MAX_BYTES
+  // Defaults throughout: on deno task start's transport the filler's 20 MiB
+  // are paced to MLES_MAX_BYTES_PER_S (on Deno.serve it would be closed 1008).
+  await using s = await startServer({ env: { MLES_KV: ":memory:" }, transport: "node" });
   await using g = await joinInOrder(s, header("filler", "big"), header("witness", "big"));
   const [pub, w] = g.clients;
   await w.take(1); // the filler's header

@@ -42,3 +42,15 @@ Deno.test("rate bucket: takes n at once (bytes per second)", () => {
   c.ms += 1000;
   assert.equal(b.take(800), true);
 });
+
+Deno.test("rate bucket: says how long until the taker is within its allowance again", () => {
+  const c = clock();
+  const b = new RateBucket(1000, c.now);
+  assert.equal(b.waitMs(), 0);
+  b.take(1500); // 500 over at 1000 per second
+  assert.equal(b.waitMs(), 500);
+  c.ms += 200;
+  assert.equal(b.waitMs(), 300);
+  c.ms += 300;
+  assert.equal(b.waitMs(), 0);
+});

@@ -14,6 +14,9 @@ import {
   waitFor,
 } from "./_helpers.ts";
 
+/** Publish rates off, for tests of other bounds that publish megabytes in a second. */
+const NO_RATES = { MLES_MAX_FRAMES_PER_S: "0", MLES_MAX_BYTES_PER_S: "0" };
+
 Deno.test("load: 50 subscribers and 4 publishers get every frame exactly once, in per-publisher order", async () => {
   await using s = await startServer({ env: { MLES_HISTORY_LIMIT: "10" } });
   const subs: TestClient[] = [];
@@ -54,7 +57,8 @@ async function neverReads(port: number, uid: string, channel: string): Promise<D
 
 Deno.test("slow consumer: a member that never reads is dropped and never stalls the others", async () => {
   await using s = await startServer({
-    env: { MLES_MAX_FRAME_BYTES: "65536", MLES_MAX_BUFFERED_BYTES: "4194304" },
+    // Publish rates off: this is the buffer bound's test (30 MB in seconds).
+    env: { MLES_MAX_FRAME_BYTES: "65536", MLES_MAX_BUFFERED_BYTES: "4194304", ...NO_RATES },
   });
   await using g = await joinInOrder(s, header("pub", "slow"), header("fast", "slow"));
   const [pub, fast] = g.clients;
@@ -82,7 +86,8 @@ Deno.test("slow consumer: a member that never reads is dropped and never stalls 
 
 Deno.test("slow consumer: a dropped member is gone at once: its identity can join again while its TCP is still open", async () => {
   await using s = await startServer({
-    env: { MLES_MAX_FRAME_BYTES: "65536", MLES_MAX_BUFFERED_BYTES: "4194304" },
+    // Publish rates off: this is the buffer bound's test (30 MB in seconds).
+    env: { MLES_MAX_FRAME_BYTES: "65536", MLES_MAX_BUFFERED_BYTES: "4194304", ...NO_RATES },
   });
   await using g = await joinInOrder(s, header("pub", "gone"), header("fast", "gone"));
   const [pub, fast] = g.clients;
@@ -103,7 +108,8 @@ Deno.test("slow consumer: a dropped member is gone at once: its identity can joi
 });
 
 Deno.test("flood: a publisher flooding as fast as it can never gets its healthy subscribers closed", async () => {
-  await using s = await startServer({ env: { MLES_MAX_BUFFERED_BYTES: "4194304" } });
+  // Publish rates off: this is the hub's rule (who pays when a channel floods).
+  await using s = await startServer({ env: { MLES_MAX_BUFFERED_BYTES: "4194304", ...NO_RATES } });
   await using g = await joinInOrder(
     s,
     header("flooder", "flood"),
@@ -140,6 +146,37 @@ Deno.test("flood: a publisher flooding as fast as it can never gets its healthy 
     s.server.metrics.dropped.get("1013") ?? 0,
     flooder.ws.readyState === WebSocket.OPEN ? 0 : 1,
   );
+});
+
+Deno.test("flood on defaults under deno task start: the flooder is paced, never closed, and its subscribers get every frame in order", async () => {
+  await using s = await startServer({ transport: "node" });
+  await using g = await joinInOrder(
+    s,
+    header("flooder", "floodd"),
+    header("r1", "floodd"),
+    header("r2", "floodd"),
+  );
+  const [flooder, r1, r2] = g.clients;
+  await r1.take(1);
+  await r2.take(2);
+  const chunk = new Uint8Array(60_000);
+  const frames = 200; // 12 MB: three seconds at the default 4 MiB a second
+  const t0 = performance.now();
+  for (let i = 0; i < frames; i++) {
+    while (flooder.ws.bufferedAmount > 8 * 1024 * 1024) await new Promise((r) => setTimeout(r, 1));
+    chunk[0] = i & 0xff;
+    flooder.send(chunk);
+  }
+  for (const r of [r1, r2]) {
+    for (let i = 0; i < frames; i++) {
+      const f = await r.next(10_000) as Uint8Array;
+      assert.equal(f[0], i & 0xff, "in order, none missing");
+    }
+  }
+  const ms = performance.now() - t0;
+  assert.ok(ms >= 1000, `12 MB at 4 MiB a second after a 4 MiB burst: ${ms.toFixed(0)} ms`);
+  for (const c of [flooder, r1, r2]) assert.equal(c.ws.readyState, WebSocket.OPEN);
+  assert.equal(s.server.metrics.dropped.get("1013") ?? 0, 0);
 });
 
 Deno.test("robustness: 500 sockets that never send a header do not stop the server serving others", async () => {

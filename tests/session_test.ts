@@ -15,6 +15,7 @@ import {
   DRAIN_MAX_MS,
   DRAIN_QUIET_MS,
   HELD_FRAME_MIN_BYTES,
+  MAX_PAUSE_MS,
   Session,
   type SessionClock,
   type SessionContext,
@@ -31,6 +32,14 @@ class FakeSocket implements SessionSocket {
   }
   close(close: Close): void {
     this.closes.push(close);
+  }
+}
+
+/** A socket whose transport can stop reading (node_server.ts): records each pause asked for. */
+class PausableSocket extends FakeSocket {
+  pauses: number[] = [];
+  pauseReading(ms: number): void {
+    this.pauses.push(ms);
   }
 }
 
@@ -147,6 +156,25 @@ function setup(env: Record<string, string> = {}, extra: Partial<SessionContext> 
   };
   const session = new Session(socket, ctx, "192.0.2.1", clock);
   return { session, socket, clock, hub, claims, rejected };
+}
+
+/** Like {@link setup} on a transport that can stop reading. */
+async function joinedPausable(env: Record<string, string> = {}) {
+  const socket = new PausableSocket();
+  const clock = new SteppedClock();
+  const hub = new ScriptedHub();
+  const claims = new ScriptedClaims();
+  const ctx: SessionContext = {
+    hub,
+    claims,
+    config: loadConfig({ MLES_LOG_LEVEL: "silent", ...env }),
+    log: new Logger("silent"),
+  };
+  const session = new Session(socket, ctx, "192.0.2.1", clock);
+  session.frame(HEADER);
+  await claims.answer(true);
+  const m = await hub.admit();
+  return { session, socket, clock, m };
 }
 
 const text = (data: string): Frame => ({ kind: "text", data });
@@ -373,11 +401,83 @@ Deno.test("session: joined -> draining over the frame rate; the bucket refills w
 });
 
 Deno.test("session: joined -> draining over the byte rate", async () => {
-  const { session, m } = await joined({ MLES_MAX_BYTES_PER_S: "100" });
+  const { session, m } = await joined({ MLES_MAX_BYTES_PER_S: "100", MLES_MAX_FRAME_BYTES: "100" });
   session.frame(text("x".repeat(100)));
   session.frame(text("x"));
   assert.equal(session.state, "draining");
   assert.equal(m.published.length, 1);
+});
+
+Deno.test("session: over the frame rate where the transport can pause, the client is paced, not closed", async () => {
+  const { session, socket, clock, m } = await joinedPausable({ MLES_MAX_FRAMES_PER_S: "10" });
+  for (let i = 0; i < 10; i++) session.frame(text(`${i}`));
+  assert.deepEqual(socket.pauses, [], "a burst of one second's worth is read at once");
+  session.frame(text("10"));
+  session.frame(text("11"));
+  assert.deepEqual(socket.pauses, [100, 200], "not read until back within the rate");
+  assert.equal(session.state, "joined");
+  assert.equal(m.published.length, 12, "frames already read still go out");
+  assert.deepEqual(socket.closes, []);
+  clock.step(200);
+  session.frame(text("12"));
+  assert.deepEqual(socket.pauses, [100, 200, 100]);
+});
+
+Deno.test("session: over the byte rate where the transport can pause, the wait follows the bytes", async () => {
+  const { session, socket, m } = await joinedPausable({
+    MLES_MAX_BYTES_PER_S: "1000",
+    MLES_MAX_FRAME_BYTES: "1000",
+  });
+  session.frame(text("x".repeat(1000)));
+  session.frame(text("x".repeat(500)));
+  assert.deepEqual(socket.pauses, [500]);
+  assert.equal(m.published.length, 2);
+});
+
+Deno.test("session: a paced client is not held back longer than MAX_PAUSE_MS at a time", async () => {
+  const { session, socket } = await joinedPausable({ MLES_MAX_FRAMES_PER_S: "1" });
+  for (let i = 0; i < 20; i++) session.frame(text(`${i}`));
+  assert.equal(Math.max(...socket.pauses), MAX_PAUSE_MS);
+  assert.equal(session.state, "joined");
+});
+
+Deno.test("session: a paced client read again at once when the session closes it", async () => {
+  const { session, socket } = await joinedPausable({
+    MLES_MAX_FRAMES_PER_S: "1",
+    MLES_MAX_FRAME_BYTES: "10",
+    MLES_MAX_BYTES_PER_S: "10",
+  });
+  session.frame(text("a"));
+  session.frame(text("b"));
+  assert.equal(socket.pauses.at(-1), 1000);
+  session.frame(text("x".repeat(11))); // over MLES_MAX_FRAME_BYTES: refused, drained
+  assert.equal(session.state, "draining");
+  assert.equal(socket.pauses.at(-1), 0, "draining reads what the client still sends");
+});
+
+Deno.test("session: joining, a client that sends a quarter of its bound waits for the join instead of reaching it", async () => {
+  const socket = new PausableSocket();
+  const clock = new SteppedClock();
+  const hub = new ScriptedHub();
+  const claims = new ScriptedClaims();
+  const config = loadConfig({ MLES_LOG_LEVEL: "silent", MLES_MAX_BUFFERED_BYTES: "4194304" });
+  const session = new Session(
+    socket,
+    { hub, claims, config, log: new Logger("silent") },
+    "192.0.2.1",
+    clock,
+  );
+  session.frame(HEADER);
+  await claims.answer(true);
+  const frame = text("x".repeat(64 * 1024));
+  for (let i = 0; i < 16; i++) session.frame(frame); // 1 MiB: a quarter of the bound
+  assert.deepEqual(socket.pauses, []);
+  session.frame(frame);
+  assert.deepEqual(socket.pauses, [MAX_PAUSE_MS]);
+  const m = await hub.admit();
+  assert.equal(m.published.length, 17);
+  assert.deepEqual(socket.pauses, [MAX_PAUSE_MS, 0], "read again once joined");
+  assert.equal(session.state, "joined");
 });
 
 Deno.test("session: joined -> closing when the hub drops the member; left and freed, no drain", async () => {
