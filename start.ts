@@ -9,6 +9,7 @@
  */
 import app, { config, server } from "./main.ts";
 import { Logger } from "./src/log.ts";
+import { startMemoryReturn } from "./src/memory_return.ts";
 import {
   descriptorLimit,
   descriptorReserve,
@@ -42,6 +43,9 @@ const cannotListen = (err: unknown) => {
   );
   Deno.exit(1);
 };
+
+// Freed buffers go back to the OS after a burst (glibc keeps them otherwise).
+startMemoryReturn();
 
 if (config.transport === "node") {
   // Deno raises the soft descriptor limit to the hard one at start (Linux,

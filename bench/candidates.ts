@@ -170,6 +170,20 @@ export async function candidates(
       metrics: (port) => `http://127.0.0.1:${port}/metrics`,
     },
     {
+      // Not in any default list: ours with the per-connection publish rates
+      // off (MLES_MAX_FRAMES_PER_S, MLES_MAX_BYTES_PER_S), for the raw
+      // throughput of one publisher faster than the defaults allow (W4).
+      name: "ours-unpaced",
+      skip: oursSkip,
+      cmd: () => [deno, "task", "--quiet", "start"],
+      env: (port, tmp) => ({
+        ...oursEnv(port, tmp),
+        MLES_MAX_FRAMES_PER_S: "0",
+        MLES_MAX_BYTES_PER_S: "0",
+      }),
+      metrics: (port) => `http://127.0.0.1:${port}/metrics`,
+    },
+    {
       // Not in any default list: separates the KV bus's cost from the rest of ours.
       name: "ours-memory",
       skip: oursSkip,

@@ -39,11 +39,12 @@ const { values: flags } = parseArgs({
 if (flags.help) {
   console.log(
     `deno task bench [--only ${WORKLOADS.map((w) => w.id).join(",")}] [--reps 3] [--seconds 3]
-  [--warmup 1] [--candidates deno-baseline,node-ws,bun,ours,ours-deno,ours-memory,ours-multi]
+  [--warmup 1] [--candidates deno-baseline,node-ws,bun,ours,ours-deno,ours-unpaced,ours-memory,ours-multi]
   [--gen deno|node]
   [--settle 3] [--max-seconds 570] [--out bench/out/NAME.jsonl] [--no-install] [--verbose]
 --candidates: run exactly these on every selected workload (default: each
-  workload's own list; ours-memory, ours with MLES_BUS=memory, only on request).
+  workload's own list; ours-memory (MLES_BUS=memory) and ours-unpaced (publish
+  rates off) only on request).
 --settle S: before each run wait up to S s (45 s in all) for both cores to be
   under 25% busy (the machine is shared); the load seen is recorded.
 Default: every workload except ${WORKLOADS.filter((w) => w.optional).map((w) => w.id).join(", ")}.`,

@@ -21,6 +21,12 @@ export interface Member {
   readonly bufferedAmount: number;
   /** Closes the connection with a code and reason; must not throw. */
   close(close: Close): void;
+  /**
+   * Where the transport can: stops reading this member's frames for `ms`
+   * (TCP then holds the client back). The hub slows a flooding publisher
+   * this way instead of closing it. Absent where it cannot.
+   */
+  holdBack?(ms: number): void;
 }
 
 /** Hub settings. */
@@ -29,6 +35,8 @@ export interface HubOptions {
   readonly maxBufferedBytes: number;
   /** Called when the hub drops a member, with the close it sent (for logs and metrics). */
   readonly onDrop?: (close: Close) => void;
+  /** Called when a flooding publisher is held back instead of closed (for metrics). */
+  readonly onHoldBack?: () => void;
   /** Called with the number of frames sent to members (for metrics). */
   readonly onSent?: (frames: number) => void;
   /** The clock (ms), for tests; default Date.now. */
@@ -272,7 +280,8 @@ export class Hub {
    * its bound: if most of the other recipients keep up (less than a quarter
    * of their bound waiting), that member is a slow reader and is dropped
    * (1013 `Too slow`); if they do not, the channel is being flooded and the
-   * local publisher is closed (1013 `Too fast`), not its subscribers. A
+   * local publisher is held back ({@link Member.holdBack}) or, where it
+   * cannot be, closed (1013 `Too fast`), not its subscribers. A
    * member with no other recipient to compare with, or behind a publisher on
    * another isolate, is dropped when it passes its bound.
    */
@@ -317,7 +326,15 @@ export class Hub {
     const others = recipients - 1;
     const flood = others >= 1 && keepingUp * 2 < others;
     const publisher = sender && ch.slots.get(sender);
-    if (flood && publisher) return this.#drop(ch, publisher, CLOSE.publisherTooFast);
+    if (flood && publisher) {
+      // Backpressure where the transport has it: the publisher is not read
+      // until its channel has had time to drain (then checked again at its
+      // next frame); else it is closed.
+      if (!sender.holdBack) return this.#drop(ch, publisher, CLOSE.publisherTooFast);
+      sender.holdBack(FLOOD_HOLD_MS);
+      this.#opts.onHoldBack?.();
+      return;
+    }
     for (const slot of over) {
       this.#drop(ch, slot, CLOSE.slowConsumer(slot.held + slot.member.bufferedAmount));
     }
@@ -407,6 +424,9 @@ export class Hub {
 
 /** A newcomer whose history does not drain for this long is dropped as slow. */
 const REPLAY_STALL_MS = 30_000;
+
+/** A flooding publisher that can be held back is not read for this long at a time. */
+export const FLOOD_HOLD_MS = 200;
 
 /** A member with half its bound waiting that drains nothing for this long is dropped as slow. */
 const STALL_MS = 10_000;

@@ -71,6 +71,10 @@ export class Metrics {
   storeQueueBytes = 0;
   connections = 0;
   abandonedSockets = 0;
+  /** Times a client over MLES_MAX_FRAMES_PER_S / MLES_MAX_BYTES_PER_S was paced (not read for a while). */
+  pacedClients = 0;
+  /** Times a publisher flooding its channel was held back (not read for a while) instead of closed. */
+  heldBackPublishers = 0;
   /** TCP connections closed at accept (descriptor budget or per-address share; node_server.ts). */
   refusedSockets = 0;
   /** Joins and frames refused, by WebSocket close code. */
@@ -177,6 +181,16 @@ export class Metrics {
       "# HELP mles_store_queue_bytes Bytes waiting to be stored in KV on this isolate",
       "# TYPE mles_store_queue_bytes gauge",
       `mles_store_queue_bytes{${l}} ${this.storeQueueBytes}`,
+    );
+    counter(
+      "mles_paced_total",
+      "Times a client over its publish rates was not read for a while (deno task start)",
+      this.pacedClients,
+    );
+    counter(
+      "mles_held_back_total",
+      "Times a publisher flooding its channel was not read for a while instead of closed",
+      this.heldBackPublishers,
     );
     counter(
       "mles_abandoned_sockets_total",

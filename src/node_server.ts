@@ -264,6 +264,7 @@ interface WsReceiver {
   /** The message's opcode (a continuation frame carries its first frame's). */
   _opcode: number;
   prependListener(event: "error", listener: (err: Error & { code?: string }) => void): void;
+  on(event: "error", listener: () => void): void;
 }
 
 /**
@@ -302,6 +303,19 @@ function boundMessages(ws: NodeWebSocket, o: NodeServeOptions, peer: string): vo
     });
     o.metrics.reject(close.code);
     ws.close(close.code, close.reason);
+  });
+  // After any protocol error (a message over its bound, invalid UTF-8, a
+  // bad opcode) nothing more from this client can be parsed, and ws would
+  // read and drop the rest: up to the 60 MiB such a client announced, at
+  // the cost of everyone else's reads. Instead the socket is no longer read
+  // and is ended once our close frame is out (ws destroys it after its
+  // closeTimeout if the client never finishes).
+  receiver.on("error", () => {
+    setImmediate(() => { // after ws's own handler has resumed the socket
+      const socket = (ws as unknown as { _socket?: Socket })._socket;
+      socket?.pause();
+      socket?.end();
+    });
   });
 }
 
@@ -372,9 +386,7 @@ function createWss(o: NodeServeOptions): WebSocketServer {
     // off clients that send a burst of pings and read the pongs (a hundred
     // pings in one write), which Deno.upgradeWebSocket serves; this bound
     // still drops a client that floods pings without reading (at most
-    // 4096 pongs of <= 127 bytes wait, beyond the kernel's buffer). Pausing
-    // the socket instead is no bound here: Deno 2.9's node:net keeps
-    // reading a paused socket into memory.
+    // 4096 pongs of <= 127 bytes wait, beyond the kernel's buffer).
     maxPendingAutoPongs: 4096,
     handleProtocols: (protocols: Set<string>) =>
       protocols.has(o.subprotocol) ? o.subprotocol : false,
@@ -561,21 +573,27 @@ function serveUpgrade(
 
 /**
  * Stops reading a client for a while (the session paces a client over its
- * rates this way): ws pauses the TCP socket, so the kernel's buffers fill
- * and TCP holds the client back; what ws already read still arrives. A new
- * pause replaces the one running; 0 reads again at once.
+ * rates, the hub holds back a flooding publisher): ws pauses the TCP
+ * socket, so the kernel's buffers fill and TCP holds the client back; what
+ * ws already read still arrives. A pause never shortens one already
+ * running; 0 reads again at once.
  */
 function pacer(ws: NodeWebSocket): (ms: number) => void {
   let timer: ReturnType<typeof setTimeout> | undefined;
+  let until = 0;
   const resume = () => {
     clearTimeout(timer);
     timer = undefined;
+    until = 0;
     if (ws.isPaused) ws.resume();
   };
   ws.once("close", () => clearTimeout(timer));
   return (ms) => {
     if (ms <= 0) return resume();
     if (ws.readyState !== ws.OPEN) return;
+    const at = performance.now() + ms;
+    if (at <= until) return;
+    until = at;
     clearTimeout(timer);
     ws.pause();
     timer = setTimeout(resume, ms);

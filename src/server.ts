@@ -152,6 +152,7 @@ export async function createServer(config: Config, deps: ServerDeps = {}): Promi
     maxBufferedBytes: config.maxBufferedBytes,
     onDrop: (c) => metrics.drop(c.code),
     onSent: (n) => metrics.framesOut += n,
+    onHoldBack: () => metrics.heldBackPublishers++,
     historyMaxBytes: config.historyMaxBytes,
   });
   const health = kv ? new WriteProbe(() => kv!.set(keys.health(), Date.now())) : undefined;
@@ -162,6 +163,7 @@ export async function createServer(config: Config, deps: ServerDeps = {}): Promi
       log,
       claims,
       onReject: (c) => metrics.reject(c.code),
+      onPaced: () => metrics.pacedClients++,
       onFrame: (bytes) => {
         metrics.framesIn++;
         metrics.bytesIn += bytes;

@@ -31,6 +31,8 @@ export interface SessionContext {
   readonly claims: SessionClaims;
   /** Counts a refused join by its close reason (metrics). */
   readonly onReject?: (close: Close) => void;
+  /** Counts a client paced for going over its publish rates (metrics). */
+  readonly onPaced?: () => void;
   /** Counts a frame received from a joined client (metrics). */
   readonly onFrame?: (bytes: number) => void;
   /** Peer treatment for other servers' bridges (present when peering is configured). */
@@ -104,6 +106,12 @@ export const DRAIN_MAX_MS = 1000;
  * (exported for tests).
  */
 export const HELD_FRAME_MIN_BYTES = 256;
+/**
+ * Where the transport can stop reading, a client that sends more than this
+ * before its join completes is not read until it has (the join then
+ * publishes what was held in one go: kept small, it delays nobody).
+ */
+export const HELD_PAUSE_BYTES = 64 * 1024;
 /** A paced client is not read for longer than this at a time (its keepalive must still be read). */
 export const MAX_PAUSE_MS = 5000;
 
@@ -176,6 +184,7 @@ export class Session {
         return socket.bufferedAmount + linkBytes();
       },
       close: (close) => this.#onHubDrop(close),
+      holdBack: socket.pauseReading && ((ms) => socket.pauseReading!(ms)),
     };
     this.#timer = clock.setTimeout(() => this.#onHeaderTimeout(), config.headerTimeoutMs);
   }
@@ -333,9 +342,7 @@ export class Session {
         this.#held.push(frame);
         // Where the transport can, a client that sends much before its join
         // completes waits for it instead of being closed at the bound.
-        if (this.#heldBytes > config.maxBufferedBytes / 4) {
-          this.#socket.pauseReading?.(MAX_PAUSE_MS);
-        }
+        if (this.#heldBytes > HELD_PAUSE_BYTES) this.#socket.pauseReading?.(MAX_PAUSE_MS);
         return;
       }
       refused = CLOSE.heldTooMuch(config.maxBufferedBytes);
@@ -364,6 +371,7 @@ export class Session {
     const { config } = this.#ctx;
     if (this.#socket.pauseReading) {
       this.#socket.pauseReading(Math.min(MAX_PAUSE_MS, Math.ceil(this.#rateWaitMs())));
+      this.#ctx.onPaced?.();
       return undefined;
     }
     return (this.#frameRate?.waitMs() ?? 0) > 0

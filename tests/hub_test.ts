@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import type { Bus, BusHandler, History } from "../src/bus.ts";
 import type { Close } from "../src/close.ts";
 import type { Delivery, Frame } from "../src/frame.ts";
-import { Hub, type Member } from "../src/hub.ts";
+import { FLOOD_HOLD_MS, Hub, type Member } from "../src/hub.ts";
 
 /** A bus whose history reads resolve when the test says so. */
 class ScriptedBus implements Bus {
@@ -183,7 +183,7 @@ class Backlog extends Recorder {
   }
 }
 
-Deno.test("fan-out: a flood that backlogs most members closes the publisher, not its subscribers", async () => {
+Deno.test("fan-out: a flood that backlogs most members closes the publisher (transport cannot stop reading it), not its subscribers", async () => {
   const bus = new ScriptedBus();
   const hub = new Hub(bus, { maxBufferedBytes: 1000 });
   const pub = new Recorder();
@@ -195,6 +195,23 @@ Deno.test("fan-out: a flood that backlogs most members closes the publisher, not
   assert.match(pub.closed!.reason, /^Too fast/);
   for (const m of subs) assert.equal(m.closed, undefined, "subscribers stay");
   assert.equal(hub.memberCount, 3);
+});
+
+Deno.test("fan-out: a flooding publisher whose transport can stop reading is held back, not closed", async () => {
+  const bus = new ScriptedBus();
+  let heldBack = 0;
+  const hub = new Hub(bus, { maxBufferedBytes: 1000, onHoldBack: () => heldBack++ });
+  const holds: number[] = [];
+  const pub = Object.assign(new Recorder(), { holdBack: (ms: number) => holds.push(ms) });
+  const pp = await joinEmpty(hub, bus, pub, "hdr-p");
+  const subs = [new Backlog(), new Backlog(), new Backlog()];
+  for (const [i, m] of subs.entries()) await joinEmpty(hub, bus, m, `hdr-${i}`);
+  for (let i = 0; i < 20; i++) pp.publish(t("x".repeat(100)));
+  assert.equal(pub.closed, undefined, "the publisher stays");
+  assert.ok(holds.length > 0 && holds.every((ms) => ms === FLOOD_HOLD_MS), `${holds}`);
+  assert.equal(heldBack, holds.length);
+  for (const m of subs) assert.equal(m.closed, undefined, "subscribers stay");
+  assert.equal(hub.memberCount, 4);
 });
 
 Deno.test("fan-out: one member that does not read is dropped as slow while the others keep up", async () => {

@@ -15,6 +15,7 @@ import {
   DRAIN_MAX_MS,
   DRAIN_QUIET_MS,
   HELD_FRAME_MIN_BYTES,
+  HELD_PAUSE_BYTES,
   MAX_PAUSE_MS,
   Session,
   type SessionClock,
@@ -455,7 +456,7 @@ Deno.test("session: a paced client read again at once when the session closes it
   assert.equal(socket.pauses.at(-1), 0, "draining reads what the client still sends");
 });
 
-Deno.test("session: joining, a client that sends a quarter of its bound waits for the join instead of reaching it", async () => {
+Deno.test("session: joining, a client that sends more than HELD_PAUSE_BYTES waits for the join instead of reaching its bound", async () => {
   const socket = new PausableSocket();
   const clock = new SteppedClock();
   const hub = new ScriptedHub();
@@ -469,13 +470,13 @@ Deno.test("session: joining, a client that sends a quarter of its bound waits fo
   );
   session.frame(HEADER);
   await claims.answer(true);
-  const frame = text("x".repeat(64 * 1024));
-  for (let i = 0; i < 16; i++) session.frame(frame); // 1 MiB: a quarter of the bound
+  const frame = text("x".repeat(HELD_PAUSE_BYTES / 4));
+  for (let i = 0; i < 4; i++) session.frame(frame);
   assert.deepEqual(socket.pauses, []);
   session.frame(frame);
   assert.deepEqual(socket.pauses, [MAX_PAUSE_MS]);
   const m = await hub.admit();
-  assert.equal(m.published.length, 17);
+  assert.equal(m.published.length, 5);
   assert.deepEqual(socket.pauses, [MAX_PAUSE_MS, 0], "read again once joined");
   assert.equal(session.state, "joined");
 });
