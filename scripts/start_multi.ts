@@ -59,7 +59,9 @@ const child = new Deno.Command(Deno.execPath(), {
     new URL("../main.ts", import.meta.url).pathname,
     ...Deno.args,
   ],
-  env: { ...env, MLES_KV: kv },
+  // Tokio polls the socket reactor every tick (its default is every 61st):
+  // a busy socket then cannot hold back other sockets' reads (README Limits).
+  env: { DENO_TOKIO_EVENT_INTERVAL: "1", ...env, MLES_KV: kv },
 }).spawn();
 for (const sig of ["SIGINT", "SIGTERM"] as const) {
   Deno.addSignalListener(sig, () => {

@@ -18,13 +18,14 @@ export interface MemoryReturn {
 
 /** Trims at most this often. */
 const INTERVAL_MS = 10_000;
-/** ...and only once RSS has grown this much since the last trim. */
+/** ...and only while RSS is this much above where it was at start. */
 const GROWTH_BYTES = 16 * 1024 * 1024;
 
 /**
  * Starts trimming every {@link INTERVAL_MS} while RSS is more than
- * {@link GROWTH_BYTES} above what it was after the last trim. Undefined
- * where glibc's `malloc_trim` is not available (not Linux/glibc, no FFI
+ * {@link GROWTH_BYTES} above its size at start, skipping a turn when the
+ * last trim returned little and RSS has not moved since. Undefined where
+ * glibc's `malloc_trim` is not available (not Linux/glibc, no FFI
  * permission). A trim takes about 1 ms, up to about 15 ms when it returns
  * a hundred megabytes.
  */
@@ -39,11 +40,16 @@ export function startMemoryReturn(): MemoryReturn | undefined {
     return undefined;
   }
   const trim = lib.symbols.malloc_trim;
-  let base = Deno.memoryUsage().rss;
+  const floor = Deno.memoryUsage().rss;
+  let lastAfter = floor;
+  let lastFreed = Infinity;
   const timer = setInterval(() => {
-    if (Deno.memoryUsage().rss < base + GROWTH_BYTES) return;
+    const rss = Deno.memoryUsage().rss;
+    if (rss < floor + GROWTH_BYTES) return;
+    if (lastFreed < GROWTH_BYTES / 4 && Math.abs(rss - lastAfter) < GROWTH_BYTES) return;
     trim(0n);
-    base = Deno.memoryUsage().rss;
+    lastAfter = Deno.memoryUsage().rss;
+    lastFreed = rss - lastAfter;
   }, INTERVAL_MS);
   Deno.unrefTimer(timer);
   return {

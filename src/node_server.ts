@@ -375,12 +375,10 @@ function createWss(o: NodeServeOptions): WebSocketServer {
     maxPayload: o.maxFrameBytes,
     closeTimeout: o.closeTimeoutMs,
     perMessageDeflate: false,
-    // One message per task: a client whose socket holds megabytes is read a
-    // message at a time between everyone else's I/O. With ws's default
-    // (every message of a 64 KiB read emitted at once) a flooder kept the
-    // event loop and a quiet channel's p99 went from 2 ms to 700 ms
-    // (bench:soak); this way it stays within a few ms.
-    allowSynchronousEvents: false,
+    // Messages of a read are emitted at once (ws's default, which keeps
+    // fan-out fast); burstGuard switches a socket that sends in bulk to one
+    // message per task.
+    allowSynchronousEvents: true,
     // ws answers pings itself and tears a connection down, with no close
     // frame, once this many pongs wait to be written. Its default (60) cut
     // off clients that send a burst of pings and read the pongs (a hundred
@@ -559,6 +557,7 @@ function serveUpgrade(
   if (refusal) return void refuseUpgrade(socket, refusal).catch(() => socket.destroy());
   wss.handleUpgrade(req, socket, head, (ws: NodeWebSocket) => {
     boundMessages(ws, o, peer);
+    burstGuard(ws);
     keepAlive(ws, socket, o.pingIntervalMs);
     ws.binaryType = "arraybuffer";
     // `ws` is a WebSocket as far as the session is concerned: the same
@@ -568,6 +567,52 @@ function serveUpgrade(
       forceClose: () => ws.terminate(),
       pauseReading: pacer(ws),
     });
+  });
+}
+
+/** What {@link burstGuard} reads and sets on ws's frame parser (ws 8, lib/receiver.js). */
+interface WsReceiverFlow {
+  /** True: every message of a read is emitted at once; false: one per task (setImmediate). */
+  _allowSynchronousEvents: boolean;
+  /** Bytes read from the socket and not parsed yet. */
+  _bufferedBytes: number;
+}
+
+/** Messages one socket may have emitted in one turn of the event loop before it is read slowly. */
+export const BURST_MESSAGES = 64;
+
+/**
+ * One socket's share of a turn of the event loop. Deno 2.9 reads up to 32
+ * x 64 KiB from a busy socket per turn, and ws emits every message of a
+ * read at once: a client sending in bulk (thousands of small frames, or
+ * megabytes) held the loop for tens of milliseconds while everyone else's
+ * frames waited. A socket that emits more than {@link BURST_MESSAGES}
+ * messages in one turn is switched to one message per task until what it
+ * sent has been parsed; its unparsed bytes then stop ws reading it (TCP
+ * holds the client back). Ordinary clients, a publisher with a window of
+ * frames in flight included, never reach it and keep ws's fast path.
+ */
+function burstGuard(ws: NodeWebSocket): void {
+  const receiver = (ws as unknown as { _receiver?: WsReceiverFlow })._receiver!;
+  let count = 0;
+  let turn = false;
+  const nextTurn = () => {
+    turn = false;
+    count = 0;
+    // Back to the fast path once the backlog is parsed.
+    if (!receiver._allowSynchronousEvents && receiver._bufferedBytes < 64 * 1024) {
+      receiver._allowSynchronousEvents = true;
+    }
+    if (!receiver._allowSynchronousEvents) schedule();
+  };
+  const schedule = () => {
+    if (turn) return;
+    turn = true;
+    setImmediate(nextTurn);
+  };
+  ws.on("message", () => {
+    schedule();
+    if (++count > BURST_MESSAGES) receiver._allowSynchronousEvents = false;
   });
 }
 

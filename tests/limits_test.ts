@@ -66,6 +66,24 @@ Deno.test("limits: under deno task start a connection over MLES_MAX_FRAMES_PER_S
   assert.equal(await b.next(5000), "after");
 });
 
+Deno.test("limits: under deno task start a client sending thousands of frames in one write is read slowly, and every frame arrives once, in order", async () => {
+  // Rates off: this is the burst guard alone (more than 64 messages in one turn).
+  await using s = await startServer({
+    env: { MLES_MAX_FRAMES_PER_S: "0", MLES_MAX_BYTES_PER_S: "0" },
+    transport: "node",
+  });
+  await using g = await joinInOrder(s, header("bulk", "burst"), header("b", "burst"));
+  const [bulk, b] = g.clients;
+  await b.take(1);
+  const n = 5000;
+  for (let i = 0; i < n; i++) bulk.send(`m${i}`);
+  bulk.send("last");
+  const got = await b.take(n + 1, 20_000);
+  assert.deepEqual(got, [...Array.from({ length: n }, (_, i) => `m${i}`), "last"]);
+  bulk.send("after");
+  assert.equal(await b.next(5000), "after", "back on the fast path, still delivering");
+});
+
 Deno.test("limits: under deno task start a connection over MLES_MAX_BYTES_PER_S is paced likewise", async () => {
   await using s = await startServer({
     env: { MLES_MAX_BYTES_PER_S: "100000", MLES_MAX_FRAME_BYTES: "100000" },
