@@ -594,26 +594,34 @@ export const BURST_MESSAGES = 64;
  */
 function burstGuard(ws: NodeWebSocket): void {
   const receiver = (ws as unknown as { _receiver?: WsReceiverFlow })._receiver!;
+  let seen = -1;
   let count = 0;
-  let turn = false;
-  const nextTurn = () => {
-    turn = false;
-    count = 0;
-    // Back to the fast path once the backlog is parsed.
-    if (!receiver._allowSynchronousEvents && receiver._bufferedBytes < 64 * 1024) {
-      receiver._allowSynchronousEvents = true;
-    }
-    if (!receiver._allowSynchronousEvents) schedule();
-  };
-  const schedule = () => {
-    if (turn) return;
-    turn = true;
-    setImmediate(nextTurn);
-  };
   ws.on("message", () => {
-    schedule();
+    const t = currentTurn();
+    if (t !== seen) {
+      seen = t;
+      count = 0;
+      // Back to the fast path once the backlog is parsed.
+      if (!receiver._allowSynchronousEvents && receiver._bufferedBytes < 64 * 1024) {
+        receiver._allowSynchronousEvents = true;
+      }
+    }
     if (++count > BURST_MESSAGES) receiver._allowSynchronousEvents = false;
   });
+}
+
+/** The event loop's turn, advanced by one shared setImmediate (not one per socket). */
+let turn = 0;
+let turnScheduled = false;
+function currentTurn(): number {
+  if (!turnScheduled) {
+    turnScheduled = true;
+    setImmediate(() => {
+      turnScheduled = false;
+      turn++;
+    });
+  }
+  return turn;
 }
 
 /**

@@ -333,7 +333,7 @@ export class Session {
       // Both buckets take the frame: a paced frame still goes out and counts.
       const framesOk = this.#frameRate?.take(1) ?? true;
       const bytesOk = this.#byteRate?.take(size = frameSize(frame)) ?? true;
-      if (!framesOk || !bytesOk) refused = this.#overRate();
+      if (!framesOk || !bytesOk) refused = this.#overRate(!framesOk);
     }
     if (!refused && this.#state === "joining") {
       size ??= frameSize(frame);
@@ -367,14 +367,14 @@ export class Session {
    * within both rates (at most {@link MAX_PAUSE_MS} at a time). Elsewhere
    * the close to send.
    */
-  #overRate(): Close | undefined {
+  #overRate(framesOver: boolean): Close | undefined {
     const { config } = this.#ctx;
     if (this.#socket.pauseReading) {
       this.#socket.pauseReading(Math.min(MAX_PAUSE_MS, Math.ceil(this.#rateWaitMs())));
       this.#ctx.onPaced?.();
       return undefined;
     }
-    return (this.#frameRate?.waitMs() ?? 0) > 0
+    return framesOver
       ? CLOSE.tooManyFrames(config.maxFramesPerS)
       : CLOSE.tooManyBytes(config.maxBytesPerS);
   }
