@@ -125,9 +125,17 @@ export class KvTrimmer {
    * with how many. Exposed for tests.
    */
   async trim(ck: string): Promise<number> {
-    const doomed = await this.#plan(ck);
-    if (doomed.length > 0) await this.#delete([{ ck, doomed }]);
-    return doomed.length;
+    // One pass at a time, as the background passes are: a plan advances this
+    // isolate's view of the channel, and two plans reading the same new
+    // batches at once counted them twice and deleted the whole window.
+    while (this.#running) await this.#running;
+    const pass = (async () => {
+      const doomed = await this.#plan(ck);
+      if (doomed.length > 0) await this.#delete([{ ck, doomed }]);
+      return doomed.length;
+    })();
+    this.#running = pass.then(() => {}, () => {}).finally(() => this.#running = undefined);
+    return await pass;
   }
 
   /**

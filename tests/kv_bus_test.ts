@@ -415,3 +415,14 @@ Deno.test("kv bus: a batch larger than one value is stored in pages, read back i
     [...sent, ...more].slice(-1000).map((d) => d.id),
   );
 });
+
+Deno.test("kv bus: trims running at once on one isolate keep exactly the window", async () => {
+  await using h = await twoHandles(50, { readerSlackBytes: 0 });
+  await h.a.bus.subscribe("racing");
+  const sent = Array.from({ length: 200 }, (_, i) => bin(100, i & 0xff));
+  for (const d of sent) h.a.bus.publish("racing", d);
+  await waitFor(() => sent.every((d) => d.pos !== undefined), "stored", 10_000);
+  await Promise.all([h.a.bus.trimNow("racing"), h.a.bus.trimNow("racing")]);
+  const after = await h.b.bus.history("racing");
+  assert.deepEqual(after.deliveries.map((d) => d.id), sent.slice(-50).map((d) => d.id));
+});
