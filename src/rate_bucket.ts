@@ -5,21 +5,27 @@
  */
 
 /**
- * A token bucket holding at most one second's worth (`rate`) and refilled
- * evenly at `rate` per second. It starts full, so a client may burst up to
- * `rate` at once; after that it may take `rate` per second on average.
+ * A token bucket holding at most `burst` tokens (default one second's
+ * worth, `rate`) and refilled evenly at `rate` per second. It starts full,
+ * so a client may take up to `burst` at once; after that it may take `rate`
+ * per second on average.
  */
 export class RateBucket {
   readonly #rate: number;
+  readonly #burst: number;
   readonly #now: () => number;
   #tokens: number;
   #at: number;
 
-  /** `rate` per second (> 0); `now` gives milliseconds (default `performance.now`). */
-  constructor(rate: number, now: () => number = () => performance.now()) {
+  /**
+   * `rate` per second (> 0), at most `burst` (> 0, default `rate`) at once;
+   * `now` gives milliseconds (default `performance.now`).
+   */
+  constructor(rate: number, now: () => number = () => performance.now(), burst = rate) {
     this.#rate = rate;
+    this.#burst = burst;
     this.#now = now;
-    this.#tokens = rate;
+    this.#tokens = burst;
     this.#at = now();
   }
 
@@ -41,7 +47,7 @@ export class RateBucket {
 
   #refill(): void {
     const now = this.#now();
-    this.#tokens = Math.min(this.#rate, this.#tokens + ((now - this.#at) / 1000) * this.#rate);
+    this.#tokens = Math.min(this.#burst, this.#tokens + ((now - this.#at) / 1000) * this.#rate);
     this.#at = now;
   }
 }

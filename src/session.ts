@@ -112,6 +112,13 @@ export const HELD_FRAME_MIN_BYTES = 256;
  * publishes what was held in one go: kept small, it delays nobody).
  */
 export const HELD_PAUSE_BYTES = 64 * 1024;
+/**
+ * Where the transport can pace, a client's publish allowance holds at most
+ * this fraction of a second's worth at once (elsewhere one second's, since
+ * going over closes): a flood then starts at the rate, not with a second of
+ * frames at full speed (exported for tests).
+ */
+export const PACED_BURST_S = 0.1;
 /** A paced client is not read for longer than this at a time (its keepalive must still be read). */
 export const MAX_PAUSE_MS = 5000;
 
@@ -171,10 +178,11 @@ export class Session {
     this.#clock = clock;
     const { config } = ctx;
     const now = () => clock.now();
-    this.#frameRate = config.maxFramesPerS > 0
-      ? new RateBucket(config.maxFramesPerS, now)
-      : undefined;
-    this.#byteRate = config.maxBytesPerS > 0 ? new RateBucket(config.maxBytesPerS, now) : undefined;
+    const burst = socket.pauseReading ? PACED_BURST_S : 1;
+    const bucket = (rate: number) =>
+      rate > 0 ? new RateBucket(rate, now, Math.max(1, rate * burst)) : undefined;
+    this.#frameRate = bucket(config.maxFramesPerS);
+    this.#byteRate = bucket(config.maxBytesPerS);
     const sendNow = (frame: Frame) => socket.send(frame);
     const send = (frame: Frame) => this.#link ? this.#link.send(frame, sendNow) : sendNow(frame);
     const linkBytes = () => this.#link?.queuedBytes ?? 0;
@@ -304,8 +312,14 @@ export class Session {
     const h = this.#header!;
     this.#ctx.log.info("joined", { peer: this.#peer, uid: h.uid, channel: h.channel });
     for (const f of held) this.#publish(m, f);
-    // Read again (as soon as the client is within its rates) if held back while joining.
-    if (held.length > 0) this.#socket.pauseReading?.(Math.ceil(this.#rateWaitMs()));
+    // Held back while joining (for up to MAX_PAUSE_MS): read again now, or as
+    // soon as the client is within its rates. The held pause is ended first:
+    // a shorter pause does not shorten a longer one.
+    if (held.length > 0 && this.#socket.pauseReading) {
+      this.#socket.pauseReading(0);
+      const wait = Math.ceil(this.#rateWaitMs());
+      if (wait > 0) this.#socket.pauseReading(wait);
+    }
   }
 
   /** Event: the claim or the join failed (the store did not answer). */

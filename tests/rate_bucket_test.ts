@@ -54,3 +54,16 @@ Deno.test("rate bucket: says how long until the taker is within its allowance ag
   c.ms += 300;
   assert.equal(b.waitMs(), 0);
 });
+
+Deno.test("rate bucket: a smaller burst caps what is taken at once, not the rate", () => {
+  const c = clock();
+  const b = new RateBucket(100, c.now, 10);
+  for (let i = 0; i < 10; i++) assert.equal(b.take(1), true, `take ${i}`);
+  assert.equal(b.take(1), false); // at -1
+  c.ms += 60_000; // a minute idle refills to the burst, not to the rate
+  assert.equal(b.take(10), true);
+  assert.equal(b.take(1), false);
+  c.ms += 1000; // one second: 100 tokens owed, capped at the burst
+  assert.equal(b.waitMs(), 0);
+  assert.equal(b.take(10), true);
+});

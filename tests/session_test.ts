@@ -17,6 +17,7 @@ import {
   HELD_FRAME_MIN_BYTES,
   HELD_PAUSE_BYTES,
   MAX_PAUSE_MS,
+  PACED_BURST_S,
   Session,
   type SessionClock,
   type SessionContext,
@@ -410,18 +411,27 @@ Deno.test("session: joined -> draining over the byte rate", async () => {
 });
 
 Deno.test("session: over the frame rate where the transport can pause, the client is paced, not closed", async () => {
-  const { session, socket, clock, m } = await joinedPausable({ MLES_MAX_FRAMES_PER_S: "10" });
+  const { session, socket, clock, m } = await joinedPausable({ MLES_MAX_FRAMES_PER_S: "100" });
   for (let i = 0; i < 10; i++) session.frame(text(`${i}`));
-  assert.deepEqual(socket.pauses, [], "a burst of one second's worth is read at once");
+  assert.deepEqual(socket.pauses, [], "a burst of PACED_BURST_S's worth is read at once");
   session.frame(text("10"));
   session.frame(text("11"));
-  assert.deepEqual(socket.pauses, [100, 200], "not read until back within the rate");
+  assert.deepEqual(socket.pauses, [10, 20], "not read until back within the rate");
   assert.equal(session.state, "joined");
   assert.equal(m.published.length, 12, "frames already read still go out");
   assert.deepEqual(socket.closes, []);
-  clock.step(200);
+  clock.step(20);
   session.frame(text("12"));
-  assert.deepEqual(socket.pauses, [100, 200, 100]);
+  assert.deepEqual(socket.pauses, [10, 20, 10]);
+});
+
+Deno.test("session: where the transport can pause, a burst is PACED_BURST_S's worth, not a second's", async () => {
+  const { session, socket } = await joinedPausable({ MLES_MAX_FRAMES_PER_S: "1000" });
+  const burst = 1000 * PACED_BURST_S;
+  for (let i = 0; i < burst; i++) session.frame(text(`${i}`));
+  assert.deepEqual(socket.pauses, []);
+  session.frame(text("one more"));
+  assert.deepEqual(socket.pauses, [1]);
 });
 
 Deno.test("session: over the byte rate where the transport can pause, the wait follows the bytes", async () => {
@@ -429,10 +439,12 @@ Deno.test("session: over the byte rate where the transport can pause, the wait f
     MLES_MAX_BYTES_PER_S: "1000",
     MLES_MAX_FRAME_BYTES: "1000",
   });
-  session.frame(text("x".repeat(1000)));
+  session.frame(text("x".repeat(100))); // the burst: a tenth of a second's worth
   session.frame(text("x".repeat(500)));
   assert.deepEqual(socket.pauses, [500]);
-  assert.equal(m.published.length, 2);
+  session.frame(text("x".repeat(1000))); // a largest frame still goes, then waits its second
+  assert.deepEqual(socket.pauses, [500, 1500]);
+  assert.equal(m.published.length, 3);
 });
 
 Deno.test("session: a paced client is not held back longer than MAX_PAUSE_MS at a time", async () => {
@@ -479,6 +491,32 @@ Deno.test("session: joining, a client that sends more than HELD_PAUSE_BYTES wait
   assert.equal(m.published.length, 5);
   assert.deepEqual(socket.pauses, [MAX_PAUSE_MS, 0], "read again once joined");
   assert.equal(session.state, "joined");
+});
+
+Deno.test("session: joining over HELD_PAUSE_BYTES and over the byte rate, the join ends the hold and leaves only the rate's wait", async () => {
+  const socket = new PausableSocket();
+  const clock = new SteppedClock();
+  const hub = new ScriptedHub();
+  const claims = new ScriptedClaims();
+  const config = loadConfig({
+    MLES_LOG_LEVEL: "silent",
+    MLES_MAX_BYTES_PER_S: "1048576",
+    MLES_MAX_FRAME_BYTES: "1048576",
+  });
+  const session = new Session(
+    socket,
+    { hub, claims, config, log: new Logger("silent") },
+    "192.0.2.1",
+    clock,
+  );
+  session.frame(HEADER);
+  await claims.answer(true);
+  const frame = text("x".repeat(HELD_PAUSE_BYTES)); // the burst is 104,857 bytes
+  session.frame(frame);
+  session.frame(frame); // over the rate (by 26,214 bytes: 25 ms) and over HELD_PAUSE_BYTES
+  assert.deepEqual(socket.pauses, [25, MAX_PAUSE_MS]);
+  await hub.admit();
+  assert.deepEqual(socket.pauses, [25, MAX_PAUSE_MS, 0, 25], "held pause ended, rate wait kept");
 });
 
 Deno.test("session: joined -> closing when the hub drops the member; left and freed, no drain", async () => {
