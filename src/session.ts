@@ -119,6 +119,13 @@ export const HELD_PAUSE_BYTES = 64 * 1024;
  * frames at full speed (exported for tests).
  */
 export const PACED_BURST_S = 0.1;
+/**
+ * Where going over a rate closes the client (Deno.serve, Deploy), its
+ * allowance holds this many seconds' worth at once (and at least one
+ * largest frame): a client that sends a backlog at once is not closed for
+ * it; one that keeps sending faster than the rate is (exported for tests).
+ */
+export const CLOSING_BURST_S = 5;
 /** A paced client is not read for longer than this at a time (its keepalive must still be read). */
 export const MAX_PAUSE_MS = 5000;
 
@@ -178,11 +185,19 @@ export class Session {
     this.#clock = clock;
     const { config } = ctx;
     const now = () => clock.now();
-    const burst = socket.pauseReading ? PACED_BURST_S : 1;
-    const bucket = (rate: number) =>
-      rate > 0 ? new RateBucket(rate, now, Math.max(1, rate * burst)) : undefined;
-    this.#frameRate = bucket(config.maxFramesPerS);
-    this.#byteRate = bucket(config.maxBytesPerS);
+    // Paced: bursts of PACED_BURST_S's worth (a bigger frame goes, then waits).
+    // Closed when over: CLOSING_BURST_S's worth, and at least one largest frame.
+    const paced = socket.pauseReading !== undefined;
+    const bucket = (rate: number, least: number) =>
+      rate > 0
+        ? new RateBucket(
+          rate,
+          now,
+          paced ? Math.max(1, rate * PACED_BURST_S) : Math.max(rate * CLOSING_BURST_S, least),
+        )
+        : undefined;
+    this.#frameRate = bucket(config.maxFramesPerS, 1);
+    this.#byteRate = bucket(config.maxBytesPerS, config.maxFrameBytes);
     const sendNow = (frame: Frame) => socket.send(frame);
     const send = (frame: Frame) => this.#link ? this.#link.send(frame, sendNow) : sendNow(frame);
     const linkBytes = () => this.#link?.queuedBytes ?? 0;
@@ -343,8 +358,9 @@ export class Session {
     let size: number | undefined; // measured once, when a check needs it
     if (exceedsBytes(frame, config.maxFrameBytes)) {
       refused = CLOSE.frameTooBig(frameSize(frame), config.maxFrameBytes);
-    } else {
+    } else if (!this.#link) {
       // Both buckets take the frame: a paced frame still goes out and counts.
+      // A proven peer carries other servers' clients, each paced there.
       const framesOk = this.#frameRate?.take(1) ?? true;
       const bytesOk = this.#byteRate?.take(size = frameSize(frame)) ?? true;
       if (!framesOk || !bytesOk) refused = this.#overRate(!framesOk);

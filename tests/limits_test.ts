@@ -1,6 +1,7 @@
 /** Limits (issue: hardening): each refuses the excess clearly and harms nobody else. */
 import assert from "node:assert/strict";
 import { loadConfig } from "../src/config.ts";
+import { CLOSING_BURST_S } from "../src/session.ts";
 import { header, joinInOrder, rawUpgrade, startServer, TestClient, waitFor } from "./_helpers.ts";
 
 Deno.test("limits: new connections per IP over MLES_RATE_LIMIT are refused with 429 before upgrade", async () => {
@@ -21,7 +22,7 @@ Deno.test("limits: on Deno.serve a connection sending more than MLES_MAX_FRAMES_
   await using g = await joinInOrder(s, header("flood", "r"), header("calm", "r"), header("b", "r"));
   const [flood, calm, b] = g.clients;
   await b.take(2);
-  for (let i = 0; i < 50; i++) flood.send(`f${i}`);
+  for (let i = 0; i < 20 * CLOSING_BURST_S + 50; i++) flood.send(`f${i}`);
   assert.deepEqual(await flood.waitClosed(), {
     code: 1008,
     reason: "Too many frames: limit is 20 per second",
@@ -39,7 +40,7 @@ Deno.test("limits: on Deno.serve a connection sending more than MLES_MAX_BYTES_P
   });
   await using g = await joinInOrder(s, header("big", "rb"));
   const [big] = g.clients;
-  for (let i = 0; i < 5; i++) big.send(new Uint8Array(4000));
+  for (let i = 0; i < 3 * CLOSING_BURST_S + 5; i++) big.send(new Uint8Array(4000));
   assert.deepEqual(await big.waitClosed(), {
     code: 1008,
     reason: "Too many bytes: limit is 10000 per second",
@@ -190,9 +191,13 @@ Deno.test("row 7: per-address budgets are on by default (1,024 connections, 600 
 });
 
 Deno.test("row 6: a channel filled with big frames stays joinable: a newcomer gets the newest 8 MiB (the default bound) and stays", async () => {
-  // Defaults throughout: on deno task start's transport the filler's 20 MiB
-  // are paced to MLES_MAX_BYTES_PER_S (on Deno.serve it would be closed 1008).
-  await using s = await startServer({ env: { MLES_KV: ":memory:" }, transport: "node" });
+  // Defaults but the filler's byte rate: on deno task start's transport its
+  // 20 MiB are paced to MLES_MAX_BYTES_PER_S, raised to 4 MiB a second here
+  // so that filling takes 5 s instead of 20.
+  await using s = await startServer({
+    env: { MLES_KV: ":memory:", MLES_MAX_BYTES_PER_S: String(4 * 1024 * 1024) },
+    transport: "node",
+  });
   await using g = await joinInOrder(s, header("filler", "big"), header("witness", "big"));
   const [pub, w] = g.clients;
   await w.take(1); // the filler's header

@@ -68,3 +68,19 @@ Deno.test("peer trust: the duplicate window is per channel (bytes first seen in 
     "same",
   ]);
 });
+
+Deno.test("peer trust: a proven peer is not held to one connection's publish rates (it carries other servers' clients)", async () => {
+  await using s = await startServer({
+    env: { MLES_PEER_KEY: "peer-secret", MLES_MAX_FRAMES_PER_S: "5" },
+    transport: "deno", // where going over a rate closes
+  });
+  const peer = header("mles-peer-real", "rates", {
+    auth: mlesAuth("mles-peer-real", "rates", "peer-secret"),
+  });
+  const frames = Array.from({ length: 30 }, (_, i) => `p${i}`);
+  assert.deepEqual(await relay(s.wsUrl, "rates", peer, frames, 30), frames);
+  const client = header("plain", "rates2", { auth: mlesAuth("plain", "rates2") });
+  const c = await TestClient.open(s.wsUrl, client);
+  for (const f of frames) c.send(f);
+  assert.equal((await c.waitClosed()).code, 1008, "an ordinary client is");
+});

@@ -12,6 +12,7 @@ import type { Frame } from "../src/frame.ts";
 import type { JoinOptions, Member, Membership } from "../src/hub.ts";
 import { Logger } from "../src/log.ts";
 import {
+  CLOSING_BURST_S,
   DRAIN_MAX_MS,
   DRAIN_QUIET_MS,
   HELD_FRAME_MIN_BYTES,
@@ -392,21 +393,34 @@ Deno.test("session: joined -> draining on a frame over MLES_MAX_FRAME_BYTES; lef
 
 Deno.test("session: joined -> draining over the frame rate; the bucket refills with time", async () => {
   const { session, clock, m } = await joined({ MLES_MAX_FRAMES_PER_S: "2" });
-  session.frame(text("1"));
-  session.frame(text("2"));
+  const burst = 2 * CLOSING_BURST_S;
+  for (let i = 0; i < burst; i++) session.frame(text(`${i}`));
   clock.step(500);
-  session.frame(text("3"));
+  session.frame(text("one more, refilled"));
   assert.equal(session.state, "joined");
-  session.frame(text("4"));
+  session.frame(text("over"));
   assert.equal(session.state, "draining");
-  assert.equal(m.published.length, 3);
+  assert.equal(m.published.length, burst + 1);
 });
 
 Deno.test("session: joined -> draining over the byte rate", async () => {
   const { session, m } = await joined({ MLES_MAX_BYTES_PER_S: "100", MLES_MAX_FRAME_BYTES: "100" });
-  session.frame(text("x".repeat(100)));
+  for (let i = 0; i < CLOSING_BURST_S; i++) session.frame(text("x".repeat(100)));
+  assert.equal(session.state, "joined");
   session.frame(text("x"));
   assert.equal(session.state, "draining");
+  assert.equal(m.published.length, CLOSING_BURST_S);
+});
+
+Deno.test("session: where going over the byte rate closes, a largest frame fits the burst even above its allowance", async () => {
+  const { session, m } = await joined({
+    MLES_MAX_BYTES_PER_S: "100",
+    MLES_MAX_FRAME_BYTES: "1000",
+  });
+  session.frame(text("x".repeat(1000))); // twice CLOSING_BURST_S's worth
+  assert.equal(session.state, "joined");
+  session.frame(text("x"));
+  assert.equal(session.state, "draining", "then the rate holds");
   assert.equal(m.published.length, 1);
 });
 
