@@ -5,8 +5,11 @@
  * counts by its value, as the server compares it (SPEC section 4), so
  * `00ab`, `AB` and `+ab` are one identity. Two implementations:
  *
- * - {@link KvSessionClaims}: the identity is claimed in Deno KV at join (one
- *   commit) and released at close (one commit). Each claim names its owner
+ * - {@link KvSessionClaims}: the identity is claimed in Deno KV at join and
+ *   released at close. Claims made at once share commits (up to
+ *   {@link CLAIMS_PER_COMMIT} in one, at most {@link CLAIM_COMMITS_IN_FLIGHT}
+ *   in flight), and so do releases: a join storm of a thousand sockets is
+ *   about 130 commits, not a thousand queued ahead of the frame writer. Each claim names its owner
  *   isolate; the owner's liveness is one record `{ until }` that the isolate
  *   renews with one commit per heartbeat while it holds any claim (not one
  *   per session). A claim whose owner's `until` has passed is free: a new
@@ -111,8 +114,24 @@ interface Held {
 /** Claim rows expire this long after they were written; a heartbeat rewrites older ones. */
 const CLAIM_EXPIRE_MS = 7 * 86_400_000;
 const CLAIM_REWRITE_MS = 86_400_000;
-/** denokv's portable bound on checks per atomic commit. */
+/** denokv's portable bound on checks per atomic commit (and keys per getMany). */
 const MAX_CHECKS = 10;
+/** Claims that share one read and one commit, at most. */
+export const CLAIMS_PER_COMMIT = 8;
+/** Shared claim commits in flight at once per isolate; later claims wait and go together. */
+export const CLAIM_COMMITS_IN_FLIGHT = 4;
+
+/** A claim waiting for a shared commit: its versionstamp, false if held, null to try alone. */
+interface QueuedClaim {
+  readonly key: Deno.KvKey;
+  readonly done: (result: string | false | null) => void;
+}
+
+/** A release waiting for a shared commit. */
+interface QueuedRelease {
+  readonly key: Deno.KvKey;
+  readonly versionstamp: string;
+}
 
 const encoder = new TextEncoder();
 
@@ -145,6 +164,9 @@ export class KvSessionClaims implements SessionClaims {
   readonly #pending = new Set<string>();
   readonly #tasks = new Set<Promise<unknown>>();
   #timer: ReturnType<typeof setInterval> | undefined;
+  readonly #claimQueue: QueuedClaim[] = [];
+  #claimCommits = 0;
+  #releaseQueue: QueuedRelease[] = [];
   /** Our owner record's deadline as last written. */
   #liveUntil = 0;
   #closed = false;
@@ -168,6 +190,19 @@ export class KvSessionClaims implements SessionClaims {
     this.#pending.add(identity);
     try {
       const key = sessionClaimKey(await identityHash(identity));
+      // Most claims go in a commit shared with the claims made at the same
+      // time; one that met a conflict or a KV error there is tried alone.
+      const shared = await new Promise<string | false | null>((done) => {
+        this.#claimQueue.push({ key, done });
+        this.#pumpClaims();
+      });
+      if (this.#closed) return false;
+      if (shared === false) return false;
+      if (shared !== null) {
+        this.#held.set(identity, { key, versionstamp: shared, setAt: Date.now() });
+        this.#startHeartbeat();
+        return true;
+      }
       const deadline = Date.now() + this.#kvTimeoutMs;
       let won: string | false;
       try {
@@ -199,6 +234,81 @@ export class KvSessionClaims implements SessionClaims {
     }
   }
 
+  /** Starts shared claim commits while fewer than CLAIM_COMMITS_IN_FLIGHT are running. */
+  #pumpClaims(): void {
+    while (this.#claimCommits < CLAIM_COMMITS_IN_FLIGHT && this.#claimQueue.length > 0) {
+      const batch = this.#claimQueue.splice(0, CLAIMS_PER_COMMIT);
+      this.#claimCommits++;
+      this.#claimTogether(batch).finally(() => {
+        this.#claimCommits--;
+        this.#pumpClaims();
+      });
+    }
+  }
+
+  /**
+   * One strong read of every claim row (and of foreign owners' records),
+   * then one commit taking every free row, checked like {@link #tryClaim}.
+   * Each claim is answered: its versionstamp, false (a live session holds
+   * it), or null (conflict, KV error, no room for its checks: try alone).
+   */
+  async #claimTogether(batch: QueuedClaim[]): Promise<void> {
+    const open = new Set(batch);
+    const answer = (q: QueuedClaim, result: string | false | null) => {
+      if (open.delete(q)) q.done(result);
+    };
+    try {
+      if (this.#closed) return;
+      const rows = await this.#kv.getMany<ClaimValue[]>(batch.map((q) => q.key), {
+        consistency: "strong",
+      });
+      const holders = [
+        ...new Set(rows.map((r) => r.value?.owner).filter((o) => o && o !== this.#owner)),
+      ] as string[];
+      const owners = new Map<string, Deno.KvEntryMaybe<OwnerValue>>();
+      if (holders.length > 0) {
+        const got = await this.#kv.getMany<OwnerValue[]>(holders.map(claimOwnerKey), {
+          consistency: "strong",
+        });
+        holders.forEach((h, i) => owners.set(h, got[i]));
+      }
+      const op = this.#kv.atomic();
+      const taking: QueuedClaim[] = [];
+      const checkedOwners = new Set<string>();
+      let checks = 0;
+      const now = Date.now();
+      batch.forEach((q, i) => {
+        const holder = rows[i].value?.owner;
+        const o = holder !== undefined && holder !== this.#owner ? owners.get(holder)! : undefined;
+        if (o?.value && o.value.until > now) return answer(q, false);
+        const extra = o && !checkedOwners.has(holder!) ? 1 : 0;
+        if (checks + 1 + extra > MAX_CHECKS) return answer(q, null);
+        if (extra) {
+          op.check(o!); // its owner stopped renewing: take over unless it renews meanwhile
+          checkedOwners.add(holder!);
+        }
+        op.check(rows[i]).set(q.key, { owner: this.#owner } satisfies ClaimValue, {
+          expireIn: CLAIM_EXPIRE_MS,
+        });
+        checks += 1 + extra;
+        taking.push(q);
+      });
+      if (taking.length === 0) return;
+      const until = Date.now() + this.#ttlMs;
+      op.set(claimOwnerKey(this.#owner), { until } satisfies OwnerValue, {
+        expireIn: this.#ttlMs * 4,
+      });
+      const res = await op.commit();
+      if (!res.ok) return; // one row changed meanwhile: each is tried alone
+      this.#liveUntil = Math.max(this.#liveUntil, until);
+      for (const q of taking) answer(q, res.versionstamp);
+    } catch {
+      // KV error: each claim is tried alone, with retries and its deadline.
+    } finally {
+      for (const q of open) q.done(null);
+    }
+  }
+
   /** One read (two if the row has another owner) and one commit: our versionstamp, false if held, null to retry. */
   async #tryClaim(key: Deno.KvKey): Promise<string | false | null> {
     const cur = await this.#kv.get<ClaimValue>(key, { consistency: "strong" });
@@ -227,26 +337,47 @@ export class KvSessionClaims implements SessionClaims {
     if (!h) return;
     this.#held.delete(identity);
     if (h.versionstamp !== null) {
-      const check = { key: h.key, versionstamp: h.versionstamp };
-      this.#track(this.#commit(() => this.#kv.atomic().check(check).delete(h.key)));
+      this.#releaseQueue.push({ key: h.key, versionstamp: h.versionstamp });
+      // Releases made in the same turn share commits.
+      if (this.#releaseQueue.length === 1) queueMicrotask(() => this.#flushReleases());
     }
     if (this.#held.size === 0) this.#stopHeartbeat();
+  }
+
+  /** Deletes the queued claim rows, MAX_CHECKS per commit, each checked unchanged. */
+  #flushReleases(): void {
+    const all = this.#releaseQueue;
+    this.#releaseQueue = [];
+    for (let i = 0; i < all.length; i += MAX_CHECKS) {
+      const group = all.slice(i, i + MAX_CHECKS);
+      this.#track(this.#deleteRows(group));
+    }
+  }
+
+  /** One commit for `group`; if a row was taken meanwhile (checks fail), the others alone. */
+  async #deleteRows(group: QueuedRelease[]): Promise<void> {
+    const build = (rows: QueuedRelease[]) => {
+      const op = this.#kv.atomic();
+      for (const r of rows) op.check(r).delete(r.key);
+      return op;
+    };
+    const res = await this.#commit(() => build(group));
+    if (res.ok || group.length === 1) return;
+    await Promise.all(group.map((r) => this.#commit(() => build([r]))));
   }
 
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
     this.#stopHeartbeat();
-    const held = [...this.#held.values()].filter((h) => h.versionstamp !== null);
-    this.#held.clear();
-    for (let i = 0; i < held.length; i += MAX_CHECKS) {
-      const group = held.slice(i, i + MAX_CHECKS);
-      this.#track(this.#commit(() => {
-        const op = this.#kv.atomic();
-        for (const h of group) op.check({ key: h.key, versionstamp: h.versionstamp }).delete(h.key);
-        return op;
-      }));
+    for (const q of this.#claimQueue.splice(0)) q.done(false);
+    for (const h of this.#held.values()) {
+      if (h.versionstamp !== null) {
+        this.#releaseQueue.push({ key: h.key, versionstamp: h.versionstamp });
+      }
     }
+    this.#held.clear();
+    this.#flushReleases();
     this.#track(this.#commit(() => this.#kv.atomic().delete(claimOwnerKey(this.#owner))));
     const settled = new AbortController();
     await Promise.race([
@@ -299,8 +430,8 @@ export class KvSessionClaims implements SessionClaims {
   }
 
   /** Commits `build()`, retrying `database is locked` with backoff (a few seconds at most). */
-  async #commit(build: () => Deno.AtomicOperation): Promise<void> {
-    await retry(() => build().commit(), {
+  #commit(build: () => Deno.AtomicOperation): Promise<Deno.KvCommitResult | Deno.KvCommitError> {
+    return retry(() => build().commit(), {
       ...COMMIT_BACKOFF,
       what: "Cannot commit session claims",
       maxAttempts: 13,

@@ -7,7 +7,12 @@
 import assert from "node:assert/strict";
 import { mlesAuth } from "../src/auth.ts";
 import { CLOSE } from "../src/close.ts";
-import { KvSessionClaims, sessionIdentity } from "../src/session_claims.ts";
+import {
+  CLAIM_COMMITS_IN_FLIGHT,
+  CLAIMS_PER_COMMIT,
+  KvSessionClaims,
+  sessionIdentity,
+} from "../src/session_claims.ts";
 import { header, type Received, startIsolates, startServer, TestClient } from "./_helpers.ts";
 
 const dup = CLOSE.duplicateSession;
@@ -167,6 +172,78 @@ Deno.test("session claims: a heartbeat is one commit per isolate, not per sessio
   await claims.close();
   assert.equal(await other.claim(sessionIdentity("u7", "c", undefined)), true);
   await other.close();
+});
+
+/** `kv` with its atomic operations counted. */
+function countingCommits(kv: Deno.Kv): { kv: Deno.Kv; commits: () => number } {
+  let n = 0;
+  const counted = new Proxy(kv, {
+    get(target, prop) {
+      if (prop === "atomic") {
+        return () => {
+          n++;
+          return target.atomic();
+        };
+      }
+      const v = Reflect.get(target, prop, target);
+      return typeof v === "function" ? v.bind(target) : v;
+    },
+  });
+  return { kv: counted, commits: () => n };
+}
+
+Deno.test("session claims: 200 joins at once share commits, and so do their 200 releases", async () => {
+  await using kv = await Deno.openKv(":memory:");
+  const counted = countingCommits(kv);
+  const claims = new KvSessionClaims(counted.kv, { owner: "iso1" });
+  const ids = Array.from({ length: 200 }, (_, i) => sessionIdentity(`u${i}`, "c", undefined));
+  const won = await Promise.all(ids.map((id) => claims.claim(id)));
+  assert.deepEqual(won, ids.map(() => true));
+  const claimCommits = counted.commits();
+  // The first few go at once, alone; the rest wait and go CLAIMS_PER_COMMIT together.
+  assert.ok(
+    claimCommits <= Math.ceil(200 / CLAIMS_PER_COMMIT) + 2 * CLAIM_COMMITS_IN_FLIGHT,
+    `${claimCommits} commits for 200 claims`,
+  );
+  const rows = await Array.fromAsync(kv.list({ prefix: ["mles", "sc"] }));
+  assert.equal(rows.length, 200, "one row each");
+  // Each is still one session: the same identities again, at once, are refused.
+  const again = await Promise.all(ids.slice(0, 30).map((id) => claims.claim(id)));
+  assert.deepEqual(again, ids.slice(0, 30).map(() => false));
+  const other = new KvSessionClaims(kv, { owner: "iso2" });
+  const elsewhere = await Promise.all(ids.slice(0, 30).map((id) => other.claim(id)));
+  assert.deepEqual(elsewhere, ids.slice(0, 30).map(() => false), "and on another isolate");
+  const before = counted.commits();
+  for (const id of ids) claims.release(id);
+  for (let i = 0; i < 200; i++) {
+    if ((await Array.fromAsync(kv.list({ prefix: ["mles", "sc"] }))).length === 0) break;
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  assert.equal((await Array.fromAsync(kv.list({ prefix: ["mles", "sc"] }))).length, 0);
+  assert.ok(
+    counted.commits() - before <= 20,
+    `${counted.commits() - before} commits for 200 releases`,
+  );
+  assert.deepEqual(
+    await Promise.all(ids.slice(0, 30).map((id) => other.claim(id))),
+    ids.slice(0, 30).map(() => true),
+    "released: free for anyone",
+  );
+  await claims.close();
+  await other.close();
+});
+
+Deno.test("session claims: in a shared commit, a row another isolate holds is refused and the rest are taken", async () => {
+  await using kv = await Deno.openKv(":memory:");
+  const a = new KvSessionClaims(kv, { owner: "isoA" });
+  const b = new KvSessionClaims(kv, { owner: "isoB" });
+  const ids = Array.from({ length: 40 }, (_, i) => sessionIdentity(`m${i}`, "c", undefined));
+  const odd = ids.filter((_, i) => i % 2 === 1);
+  assert.deepEqual(await Promise.all(odd.map((id) => a.claim(id))), odd.map(() => true));
+  const won = await Promise.all(ids.map((id) => b.claim(id)));
+  assert.deepEqual(won, ids.map((_, i) => i % 2 === 0));
+  await a.close();
+  await b.close();
 });
 
 for (const bus of ["kv", "memory"]) {
