@@ -14,6 +14,7 @@
 import assert from "node:assert/strict";
 import { type Browser, type BrowserContext, chromium, type Page } from "playwright-core";
 import { startServer, TestClient, waitFor } from "./_helpers.ts";
+import { CLOSING_BURST_S } from "../src/session.ts";
 
 // Deno's type library has no DOM: these are the few shapes the in-page functions touch.
 interface PageElement {
@@ -415,8 +416,9 @@ Deno.test("browser: when the server goes away the page shows the close, says whe
 });
 
 Deno.test("browser: after a reconnect the replayed history is not shown twice", async () => {
-  // Three frames a second: Alice's burst below gets her closed (1008), and she comes back.
-  await using server = await startServer({ env: { MLES_MAX_FRAMES_PER_S: "3" } });
+  // One frame a second (bursts of CLOSING_BURST_S's worth where over closes): Alice's
+  // burst below gets her closed (1008), and she comes back.
+  await using server = await startServer({ env: { MLES_MAX_FRAMES_PER_S: "1" } });
   await using b = await launch();
   const alice = await b.open(server.url);
   const bob = await b.open(server.url);
@@ -426,7 +428,7 @@ Deno.test("browser: after a reconnect the replayed history is not shown twice", 
   await send(bob, "from bob"); // the rate is per connection: Bob's two frames are fine
   await shows(alice, "message", "from bob");
 
-  for (let i = 1; i <= 6; i++) {
+  for (let i = 1; i <= CLOSING_BURST_S + 1; i++) {
     await alice.evaluate((text) => {
       const el = document.querySelectorAll("#text")[0] as unknown as { value: string };
       el.value = text;
@@ -436,7 +438,7 @@ Deno.test("browser: after a reconnect the replayed history is not shown twice", 
       form.requestSubmit();
     }, `burst ${i}`);
   }
-  await shows(alice, "system", "Disconnected: Too many frames: limit is 3 per second (code 1008)");
+  await shows(alice, "system", "Disconnected: Too many frames: limit is 1 per second (code 1008)");
   await shows(alice, "system", "Reconnected");
   // The page marks the log busy while the history arrives, and settles after a pause.
   await alice.waitForSelector("#messages:not([aria-busy])", { state: "attached" });
@@ -448,7 +450,7 @@ Deno.test("browser: after a reconnect the replayed history is not shown twice", 
   assert.equal(count("alice joined"), 0);
   const stored = (await items(bob)).filter((i) => i.text.startsWith("burst")).map((i) => i.text);
   assert.ok(stored.length >= 1, "some of the burst reached bob");
-  for (let i = 1; i <= 6; i++) {
+  for (let i = 1; i <= CLOSING_BURST_S + 1; i++) {
     const text = `burst ${i}`;
     // Stored frames come back in the history and must not double; one the server refused
     // was shown locally when sent and stays shown once.
