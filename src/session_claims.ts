@@ -119,7 +119,7 @@ const MAX_CHECKS = 10;
 /** Claims that share one read and one commit, at most. */
 export const CLAIMS_PER_COMMIT = 8;
 /** Shared claim commits in flight at once per isolate; later claims wait and go together. */
-export const CLAIM_COMMITS_IN_FLIGHT = 4;
+export const CLAIM_COMMITS_IN_FLIGHT = 8;
 
 /** A claim waiting for a shared commit: its versionstamp, false if held, null to try alone. */
 interface QueuedClaim {
