@@ -114,9 +114,9 @@ export const HELD_FRAME_MIN_BYTES = 256;
 export const HELD_PAUSE_BYTES = 64 * 1024;
 /**
  * Where the transport can pace, a client's publish allowance holds at most
- * this fraction of a second's worth at once (elsewhere one second's, since
- * going over closes): a flood then starts at the rate, not with a second of
- * frames at full speed (exported for tests).
+ * this fraction of a second's worth at once (elsewhere see
+ * {@link CLOSING_BURST_S}): a flood then starts at the rate, not with a
+ * second of frames at full speed (exported for tests).
  */
 export const PACED_BURST_S = 0.1;
 /**

@@ -192,45 +192,45 @@ export class KvSessionClaims implements SessionClaims {
       const key = sessionClaimKey(await identityHash(identity));
       // Most claims go in a commit shared with the claims made at the same
       // time; one that met a conflict or a KV error there is tried alone.
-      const shared = await new Promise<string | false | null>((done) => {
+      let won = await new Promise<string | false | null>((done) => {
         this.#claimQueue.push({ key, done });
         this.#pumpClaims();
       });
       if (this.#closed) return false;
-      if (shared === false) return false;
-      if (shared !== null) {
-        this.#held.set(identity, { key, versionstamp: shared, setAt: Date.now() });
-        this.#startHeartbeat();
-        return true;
-      }
-      const deadline = Date.now() + this.#kvTimeoutMs;
-      let won: string | false;
-      try {
-        won = await retry(async () => {
-          const won = await this.#tryClaim(key);
-          if (won === null) throw new Conflict("the claim row changed meanwhile");
-          return won;
-        }, {
-          ...CLAIM_BACKOFF,
-          what: "Cannot claim the session in KV",
-          shouldRetry: (err) =>
-            err instanceof Conflict || (isDatabaseLocked(err) && Date.now() <= deadline),
-        });
-      } catch (err) {
-        // KV is not answering: local delivery must not depend on it, so the
-        // join goes ahead with this isolate's check only (logged).
-        this.#warn("session claim without KV: checked on this isolate only", {
-          error: errorText(err),
-        });
-        this.#held.set(identity, { key, versionstamp: null, setAt: Date.now() });
-        return true;
-      }
+      if (won === null) won = await this.#claimAlone(key);
       if (won === false) return false;
       this.#held.set(identity, { key, versionstamp: won, setAt: Date.now() });
-      this.#startHeartbeat();
+      if (won !== null) this.#startHeartbeat();
       return true;
     } finally {
       this.#pending.delete(identity);
+    }
+  }
+
+  /**
+   * Claims `key` alone, retrying conflicts, and `database is locked` until
+   * the KV deadline: our versionstamp, false if a live session holds it, or
+   * null when KV is not answering (the join then goes ahead with this
+   * isolate's check only, logged: local delivery must not depend on KV).
+   */
+  async #claimAlone(key: Deno.KvKey): Promise<string | false | null> {
+    const deadline = Date.now() + this.#kvTimeoutMs;
+    try {
+      return await retry(async () => {
+        const won = await this.#tryClaim(key);
+        if (won === null) throw new Conflict("the claim row changed meanwhile");
+        return won;
+      }, {
+        ...CLAIM_BACKOFF,
+        what: "Cannot claim the session in KV",
+        shouldRetry: (err) =>
+          err instanceof Conflict || (isDatabaseLocked(err) && Date.now() <= deadline),
+      });
+    } catch (err) {
+      this.#warn("session claim without KV: checked on this isolate only", {
+        error: errorText(err),
+      });
+      return null;
     }
   }
 

@@ -162,7 +162,8 @@ function setup(env: Record<string, string> = {}, extra: Partial<SessionContext> 
 }
 
 /** Like {@link setup} on a transport that can stop reading. */
-async function joinedPausable(env: Record<string, string> = {}) {
+/** Like {@link joining}, on a socket whose transport can stop reading. */
+async function joiningPausable(env: Record<string, string> = {}) {
   const socket = new PausableSocket();
   const clock = new SteppedClock();
   const hub = new ScriptedHub();
@@ -176,8 +177,13 @@ async function joinedPausable(env: Record<string, string> = {}) {
   const session = new Session(socket, ctx, "192.0.2.1", clock);
   session.frame(HEADER);
   await claims.answer(true);
-  const m = await hub.admit();
-  return { session, socket, clock, m };
+  return { session, socket, clock, hub };
+}
+
+async function joinedPausable(env: Record<string, string> = {}) {
+  const s = await joiningPausable(env);
+  const m = await s.hub.admit();
+  return { ...s, m };
 }
 
 const text = (data: string): Frame => ({ kind: "text", data });
@@ -483,19 +489,7 @@ Deno.test("session: a paced client read again at once when the session closes it
 });
 
 Deno.test("session: joining, a client that sends more than HELD_PAUSE_BYTES waits for the join instead of reaching its bound", async () => {
-  const socket = new PausableSocket();
-  const clock = new SteppedClock();
-  const hub = new ScriptedHub();
-  const claims = new ScriptedClaims();
-  const config = loadConfig({ MLES_LOG_LEVEL: "silent", MLES_MAX_BUFFERED_BYTES: "4194304" });
-  const session = new Session(
-    socket,
-    { hub, claims, config, log: new Logger("silent") },
-    "192.0.2.1",
-    clock,
-  );
-  session.frame(HEADER);
-  await claims.answer(true);
+  const { session, socket, hub } = await joiningPausable({ MLES_MAX_BUFFERED_BYTES: "4194304" });
   const frame = text("x".repeat(HELD_PAUSE_BYTES / 4));
   for (let i = 0; i < 4; i++) session.frame(frame);
   assert.deepEqual(socket.pauses, []);
@@ -508,23 +502,10 @@ Deno.test("session: joining, a client that sends more than HELD_PAUSE_BYTES wait
 });
 
 Deno.test("session: joining over HELD_PAUSE_BYTES and over the byte rate, the join ends the hold and leaves only the rate's wait", async () => {
-  const socket = new PausableSocket();
-  const clock = new SteppedClock();
-  const hub = new ScriptedHub();
-  const claims = new ScriptedClaims();
-  const config = loadConfig({
-    MLES_LOG_LEVEL: "silent",
+  const { session, socket, hub } = await joiningPausable({
     MLES_MAX_BYTES_PER_S: "1048576",
     MLES_MAX_FRAME_BYTES: "1048576",
   });
-  const session = new Session(
-    socket,
-    { hub, claims, config, log: new Logger("silent") },
-    "192.0.2.1",
-    clock,
-  );
-  session.frame(HEADER);
-  await claims.answer(true);
   const frame = text("x".repeat(HELD_PAUSE_BYTES)); // the burst is 104,857 bytes
   session.frame(frame);
   session.frame(frame); // over the rate (by 26,214 bytes: 25 ms) and over HELD_PAUSE_BYTES
