@@ -44,8 +44,9 @@ const cannotListen = (err: unknown) => {
   Deno.exit(1);
 };
 
-// Freed buffers go back to the OS after a burst (glibc keeps them otherwise).
-startMemoryReturn();
+// Freed buffers go back to the OS after a burst (glibc keeps them otherwise),
+// and V8's heap once the burst is over.
+startMemoryReturn(() => server.metrics.framesIn + server.metrics.framesOut);
 
 if (config.transport === "node") {
   // Deno raises the soft descriptor limit to the hard one at start (Linux,

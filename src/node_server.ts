@@ -556,6 +556,7 @@ function serveUpgrade(
   const refusal = o.handler.admitUpgrade(toRequest(req, scheme), peer);
   if (refusal) return void refuseUpgrade(socket, refusal).catch(() => socket.destroy());
   wss.handleUpgrade(req, socket, head, (ws: NodeWebSocket) => {
+    copyFullReads(ws);
     boundMessages(ws, o, peer);
     burstGuard(ws);
     keepAlive(ws, socket, o.pingIntervalMs);
@@ -568,6 +569,36 @@ function serveUpgrade(
       pauseReading: pacer(ws),
     });
   });
+}
+
+/** The read buffer Deno 2.9's node:net reads a socket into (ext/node/ops/stream_wrap.rs). */
+const READ_SLAB_BYTES = 65536;
+
+/**
+ * Keeps ws from holding Deno's read buffers. Deno 2.9 reads a node:net
+ * socket into 64 KiB slabs from a per-thread pool that keeps up to 128 of
+ * them (8 MiB) for the life of the process; a read that fills its slab is
+ * handed to JavaScript as the slab itself, which goes back to the pool only
+ * when V8 collects it. ws keeps read chunks until it has parsed them (a
+ * paced or burst-guarded socket keeps them for a while), so such slabs
+ * outlived young-generation collections and, after an attack, the pool sat
+ * full. A full read is copied before ws keeps it (one 64 KiB copy per full
+ * read; partial reads arrive copied already): in a 20 s adversary mix the
+ * slabs left in the pool went from 121 to 62 (heaptrack, BENCHMARKS.md
+ * "Memory after an attack").
+ */
+function copyFullReads(ws: NodeWebSocket): void {
+  const receiver = (ws as unknown as {
+    _receiver: { write(chunk: Buffer, ...rest: unknown[]): boolean };
+  })._receiver;
+  const write = receiver.write.bind(receiver);
+  receiver.write = (chunk: Buffer, ...rest: unknown[]) =>
+    write(
+      chunk.byteLength === READ_SLAB_BYTES && chunk.buffer.byteLength === READ_SLAB_BYTES
+        ? Buffer.from(chunk)
+        : chunk,
+      ...rest,
+    );
 }
 
 /** What {@link burstGuard} reads and sets on ws's frame parser (ws 8, lib/receiver.js). */

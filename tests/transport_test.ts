@@ -305,6 +305,35 @@ Deno.test({
   },
 });
 
+Deno.test({
+  name:
+    "full 64 KiB reads are copied out of the runtime's read buffers: frames across them arrive byte for byte, in order",
+  sanitizeResources: false,
+  fn: async () => {
+    await using s = await startNode({ MLES_MAX_BYTES_PER_S: "0", MLES_MAX_FRAMES_PER_S: "0" });
+    await using a = await RawWs.connect(s.wsUrl, { protocol: SUBPROTOCOL });
+    await using b = await RawWs.connect(s.wsUrl, { protocol: SUBPROTOCOL });
+    await a.sendText(JSON.stringify(header("a", "slabs")));
+    await waitFor(() => s.server.hub.joinedCount === 1, "a joined");
+    await b.sendText(JSON.stringify(header("b", "slabs")));
+    await b.next(); // a's header
+    await waitFor(() => s.server.hub.joinedCount === 2, "b joined");
+    // Sizes that end mid-read, on a read boundary and across several reads.
+    const sizes = [300_000, 65_536, 17, 131_072 - 14, 1_000_000, 3];
+    const frames = sizes.map((n) => new Uint8Array(n));
+    for (const f of frames) {
+      for (let i = 0; i < f.length; i += 65_536) {
+        crypto.getRandomValues(f.subarray(i, Math.min(f.length, i + 65_536)));
+      }
+      await a.sendBinary(f);
+    }
+    for (const f of frames) {
+      const got = await b.next(10_000);
+      assert.deepEqual(got.payload, f);
+    }
+  },
+});
+
 const violations: [string, (ws: RawWs) => Promise<void>, number][] = [
   [
     "invalid UTF-8 in a TEXT frame",
