@@ -10,10 +10,10 @@
  *
  * Asserted: every chat frame arrives once and in order and neither chat
  * member is closed; the server is alive at the end; its VmRSS stays under
- * {@link RSS_PEAK_BOUND}, during the mix and after it (the return to within
- * 20 % of its start that issue 12 asks for is measured and printed, not met). Latency is measured, not asserted (the bench
- * prints the ratios): on a shared 2-core machine it is a figure, not an
- * invariant.
+ * {@link RSS_PEAK_BOUND} during the mix, and once the adversaries left it
+ * returns to within {@link RSS_RETURN_BOUND} of its start. Latency is
+ * measured, not asserted (the bench prints the ratios): on a shared 2-core
+ * machine it is a figure, not an invariant.
  */
 import assert from "node:assert/strict";
 import { Chat, KINDS, percentile, spawnAdversaries, startMles } from "../bench/soak_bench.ts";
@@ -28,12 +28,14 @@ const SECONDS = 15;
  * that leaves room for garbage not yet collected.
  */
 const RSS_PEAK_BOUND = 800 * MiB;
+/** RSS after the adversaries left, as a multiple of RSS at start. */
+const RSS_RETURN_BOUND = 1.3;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const mib = (n: number) => `${(n / MiB).toFixed(0)} MiB`;
 
 Deno.test({
   name:
-    "soak: 15 s of adversaries beside a chat: every frame once and in order, server alive, RSS bounded and back",
+    "soak: 15 s of adversaries beside a chat: every frame once and in order, server alive, RSS bounded and back within 30 % of its start",
   sanitizeResources: false, // the server's piped stderr ends with the process
   async fn() {
     const p = await startMles();
@@ -86,14 +88,16 @@ Deno.test({
         rssPeak < RSS_PEAK_BOUND,
         `RSS peak ${mib(rssPeak)} (bound ${mib(RSS_PEAK_BOUND)})`,
       );
-      // Issue 12 asks for RSS back within 20 % of its start; it is not (about
-      // 3-5x here): the V8 heap is back to a few tens of MB, what stays is
-      // memory outside it (socket and store buffers the allocator keeps). The
-      // figure is printed above and reported; asserted: it never grows past
-      // the bound once the adversaries left.
+      // Issue 12: RSS back within 20 % of its start once the adversaries
+      // left (here 12-16 %; `deno task bench:soak` 16 %). Asserted with 10
+      // points of room for a shared machine; before Deno's read buffers were
+      // swept on the thread that reads it was 45 % (BENCHMARKS.md "Memory
+      // after an attack").
       assert.ok(
-        rssAfter <= RSS_PEAK_BOUND,
-        `RSS after ${mib(rssAfter)} (bound ${mib(RSS_PEAK_BOUND)})`,
+        rssAfter <= rssStart * RSS_RETURN_BOUND,
+        `RSS after ${mib(rssAfter)}, start ${mib(rssStart)}: more than ${
+          Math.round((RSS_RETURN_BOUND - 1) * 100)
+        } % over the start`,
       );
     } finally {
       await p.stop();
