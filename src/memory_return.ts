@@ -11,7 +11,7 @@
  * idle server never does: where `gc` is exposed (`deno task start` runs
  * with `--v8-flags=--expose-gc`), the first quiet turn after a busy one
  * also runs one full collection that gives unused heap back (about 5 MiB
- * after the soak's mix; a pause of 40-50 ms, once per burst). Not used
+ * after the soak's mix; a pause of 40-60 ms, once per burst). Not used
  * under `deno serve` or Deploy. Imports nothing.
  */
 
