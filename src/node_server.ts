@@ -255,7 +255,11 @@ async function writeResponse(res: Response, out: http.ServerResponse, head: bool
   }
 }
 
-/** What {@link boundMessages} reads and sets on ws's per-socket frame parser (ws 8, lib/receiver.js). */
+/**
+ * What this transport reads and sets on ws's per-socket frame parser (ws 8,
+ * lib/receiver.js): {@link boundMessages}, {@link copyFullReads} and
+ * {@link burstGuard}.
+ */
 interface WsReceiver {
   /** Largest message; ws checks it at each frame header, before the payload is buffered. */
   _maxPayload: number;
@@ -263,8 +267,23 @@ interface WsReceiver {
   _totalPayloadLength: number;
   /** The message's opcode (a continuation frame carries its first frame's). */
   _opcode: number;
+  /** True: every message of a read is emitted at once; false: one per task (setImmediate). */
+  _allowSynchronousEvents: boolean;
+  /** Bytes read from the socket and not parsed yet. */
+  _bufferedBytes: number;
+  /** Takes a chunk read from the socket (ws's `data` handler calls it). */
+  write(chunk: Buffer, ...rest: unknown[]): boolean;
   prependListener(event: "error", listener: (err: Error & { code?: string }) => void): void;
   on(event: "error", listener: () => void): void;
+}
+
+/** ws's frame parser of `ws`; throws if the pinned ws version no longer has one. */
+function receiverOf(ws: NodeWebSocket): WsReceiver {
+  const receiver = (ws as unknown as { _receiver?: WsReceiver })._receiver;
+  if (!receiver) {
+    throw new Error("ws has no _receiver: the pinned ws version changed its internals");
+  }
+  return receiver;
 }
 
 /**
@@ -277,10 +296,7 @@ interface WsReceiver {
  * the same way. ws's own close that follows is then a no-op.
  */
 function boundMessages(ws: NodeWebSocket, o: NodeServeOptions, peer: string): void {
-  const receiver = (ws as unknown as { _receiver?: WsReceiver })._receiver;
-  if (!receiver) {
-    throw new Error("ws has no _receiver: the pinned ws version changed its internals");
-  }
+  const receiver = receiverOf(ws);
   let first = true;
   receiver._maxPayload = o.maxHeaderBytes;
   ws.once("message", () => {
@@ -588,9 +604,7 @@ const READ_SLAB_BYTES = 65536;
  * "Memory after an attack").
  */
 function copyFullReads(ws: NodeWebSocket): void {
-  const receiver = (ws as unknown as {
-    _receiver: { write(chunk: Buffer, ...rest: unknown[]): boolean };
-  })._receiver;
+  const receiver = receiverOf(ws);
   const write = receiver.write.bind(receiver);
   receiver.write = (chunk: Buffer, ...rest: unknown[]) =>
     write(
@@ -599,14 +613,6 @@ function copyFullReads(ws: NodeWebSocket): void {
         : chunk,
       ...rest,
     );
-}
-
-/** What {@link burstGuard} reads and sets on ws's frame parser (ws 8, lib/receiver.js). */
-interface WsReceiverFlow {
-  /** True: every message of a read is emitted at once; false: one per task (setImmediate). */
-  _allowSynchronousEvents: boolean;
-  /** Bytes read from the socket and not parsed yet. */
-  _bufferedBytes: number;
 }
 
 /** Messages one socket may have emitted in one turn of the event loop before it is read slowly. */
@@ -624,7 +630,7 @@ export const BURST_MESSAGES = 64;
  * frames in flight included, never reach it and keep ws's fast path.
  */
 function burstGuard(ws: NodeWebSocket): void {
-  const receiver = (ws as unknown as { _receiver?: WsReceiverFlow })._receiver!;
+  const receiver = receiverOf(ws);
   let seen = -1;
   let count = 0;
   ws.on("message", () => {
